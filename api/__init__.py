@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): thin routes over core/, errors mapped in one place."""

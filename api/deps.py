@@ -1,0 +1,125 @@
+"""Dependencies: the database unit of work, authentication + rate limit, pagination, bodies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Query, Request
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from core import accounts
+from core.db import session_scope
+from core.errors import InvalidRequest, RateLimited, Unauthorized
+from core.launcher import Launcher
+from core.ratelimit import TokenBuckets
+from core.settings import Settings
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    launcher: Launcher
+    buckets: TokenBuckets
+
+
+def state(request: Request) -> AppState:
+    """The application's shared state."""
+    return request.app.state.campaigns  # type: ignore[no-any-return]
+
+
+async def in_db(request: Request, fn: Callable[[Session], T]) -> T:
+    """Run `fn(session)` in one transaction on a worker thread."""
+    engine = state(request).engine
+
+    def _run() -> T:
+        with session_scope(engine) as session:
+            return fn(session)
+
+    return await run_in_threadpool(_run)
+
+
+async def current_account_id(request: Request) -> str:
+    """Authenticate the bearer key, then apply the account's rate limit (SPEC order)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("missing or malformed Authorization header; use 'Bearer <api_key>'")
+    account = await in_db(request, lambda s: accounts.account_for_key(s, key=key.strip()))
+    if account is None:
+        raise Unauthorized("unknown API key")
+    app_state = state(request)
+    wait = app_state.buckets.take(account.id)
+    if wait > 0:
+        raise RateLimited("too many requests; slow down",
+                          retry_after=TokenBuckets.retry_after_header(wait))
+    return account.id
+
+
+AccountId = Annotated[str, Depends(current_account_id)]
+
+
+@dataclass(frozen=True)
+class Page:
+    page: int
+    per_page: int
+
+
+def pagination(page: Annotated[str | None, Query()] = None,
+               per_page: Annotated[str | None, Query()] = None) -> Page:
+    """page >= 1 (default 1), per_page 1..100 (default 50); anything else is 400."""
+    def parse(name: str, raw: str | None, default: int, low: int, high: int) -> int:
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidRequest(f"{name} must be an integer", {"field": name}) from None
+        if not low <= value <= high:
+            raise InvalidRequest(f"{name} must be between {low} and {high}", {"field": name})
+        return value
+
+    return Page(parse("page", page, 1, 1, 10**9), parse("per_page", per_page, 50, 1, 100))
+
+
+Paging = Annotated[Page, Depends(pagination)]
+
+
+async def read_json(request: Request) -> Any:
+    """The parsed JSON body, or 400 invalid_request."""
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"malformed JSON: {exc}") from None
+
+
+def validate_body(model: type[M], data: Any) -> M:
+    """Validate a parsed body against a schema; errors are 400 invalid_request with fields."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]) or None, "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        first = errors[0]
+        raise InvalidRequest(f"{first['field']}: {first['message']}", {"errors": errors}) from None
+
+
+def page_body(items: list[dict[str, Any]], page: Page, total: int) -> dict[str, Any]:
+    """The SPEC list envelope."""
+    return {"data": items, "meta": {"page": page.page, "per_page": page.per_page, "total": total}}

@@ -1,0 +1,132 @@
+"""Contact and contact-list routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from sqlmodel import Session
+
+from api.deps import AccountId, Paging, in_db, page_body, read_json, validate_body
+from api.serialize import contact_out, list_out
+from core import contacts
+from models.schemas import ContactCreate, ContactListCreate, ContactUpdate, ListContactsAdd
+
+router = APIRouter(tags=["contacts"])
+
+
+def _contact(session: Session, account_id: str, contact_id: str) -> dict[str, Any]:
+    contact = contacts.get_contact(session, account_id=account_id, contact_id=contact_id)
+    return contact_out(contact, contacts.contact_list_ids(session, [contact.id])[contact.id])
+
+
+@router.post("/v1/contacts", status_code=201)
+async def create_contact(request: Request, account_id: AccountId) -> dict[str, Any]:
+    """Create one contact (optionally in lists)."""
+    data = validate_body(ContactCreate, await read_json(request))
+
+    def _create(session: Session) -> dict[str, Any]:
+        contact = contacts.create_contact(session, account_id=account_id, data=data)
+        return _contact(session, account_id, contact.id)
+
+    return await in_db(request, _create)
+
+
+@router.get("/v1/contacts")
+async def list_contacts(request: Request, account_id: AccountId, paging: Paging,
+                        list_id: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+    """A page of contacts, newest first; `list_id` filters to one list."""
+    def _list(session: Session) -> dict[str, Any]:
+        rows, total = contacts.list_contacts(session, account_id=account_id, list_id=list_id,
+                                             page=paging.page, per_page=paging.per_page)
+        lists = contacts.contact_list_ids(session, [c.id for c in rows])
+        return page_body([contact_out(c, lists[c.id]) for c in rows], paging, total)
+
+    return await in_db(request, _list)
+
+
+@router.get("/v1/contacts/{contact_id}")
+async def get_contact(request: Request, account_id: AccountId, contact_id: str) -> dict[str, Any]:
+    """One contact."""
+    return await in_db(request, lambda s: _contact(s, account_id, contact_id))
+
+
+@router.patch("/v1/contacts/{contact_id}")
+async def update_contact(request: Request, account_id: AccountId, contact_id: str) -> dict[str, Any]:
+    """Partial update; `subscribed: true/false` opts a contact back in or out."""
+    data = validate_body(ContactUpdate, await read_json(request))
+
+    def _update(session: Session) -> dict[str, Any]:
+        contacts.update_contact(session, account_id=account_id, contact_id=contact_id, data=data)
+        return _contact(session, account_id, contact_id)
+
+    return await in_db(request, _update)
+
+
+@router.delete("/v1/contacts/{contact_id}", status_code=204)
+async def delete_contact(request: Request, account_id: AccountId, contact_id: str) -> Response:
+    """Delete a contact."""
+    await in_db(request, lambda s: contacts.delete_contact(s, account_id=account_id,
+                                                           contact_id=contact_id))
+    return Response(status_code=204)
+
+
+@router.post("/v1/contact-lists", status_code=201)
+async def create_list(request: Request, account_id: AccountId) -> dict[str, Any]:
+    """Create an empty contact list."""
+    data = validate_body(ContactListCreate, await read_json(request))
+    lst = await in_db(request, lambda s: contacts.create_list(s, account_id=account_id,
+                                                              name=data.name))
+    return list_out(lst, 0)
+
+
+@router.get("/v1/contact-lists")
+async def list_lists(request: Request, account_id: AccountId, paging: Paging) -> dict[str, Any]:
+    """A page of contact lists, newest first."""
+    def _list(session: Session) -> dict[str, Any]:
+        rows, total = contacts.list_lists(session, account_id=account_id, page=paging.page,
+                                          per_page=paging.per_page)
+        counts = contacts.list_counts(session, [lst.id for lst in rows])
+        return page_body([list_out(lst, counts[lst.id]) for lst in rows], paging, total)
+
+    return await in_db(request, _list)
+
+
+@router.get("/v1/contact-lists/{list_id}")
+async def get_list(request: Request, account_id: AccountId, list_id: str) -> dict[str, Any]:
+    """One contact list with its size."""
+    def _get(session: Session) -> dict[str, Any]:
+        lst = contacts.get_list(session, account_id=account_id, list_id=list_id)
+        return list_out(lst, contacts.list_counts(session, [lst.id])[lst.id])
+
+    return await in_db(request, _get)
+
+
+@router.delete("/v1/contact-lists/{list_id}", status_code=204)
+async def delete_list(request: Request, account_id: AccountId, list_id: str) -> Response:
+    """Delete a list; its contacts remain."""
+    await in_db(request, lambda s: contacts.delete_list(s, account_id=account_id, list_id=list_id))
+    return Response(status_code=204)
+
+
+@router.post("/v1/contact-lists/{list_id}/contacts")
+async def add_list_contacts(request: Request, account_id: AccountId, list_id: str) -> dict[str, Any]:
+    """Add contacts to a list (idempotent per contact)."""
+    data = validate_body(ListContactsAdd, await read_json(request))
+
+    def _add(session: Session) -> dict[str, Any]:
+        added = contacts.add_to_list(session, account_id=account_id, list_id=list_id,
+                                     contact_ids=data.contact_ids)
+        lst = contacts.get_list(session, account_id=account_id, list_id=list_id)
+        return {**list_out(lst, contacts.list_counts(session, [list_id])[list_id]), "added": added}
+
+    return await in_db(request, _add)
+
+
+@router.delete("/v1/contact-lists/{list_id}/contacts/{contact_id}", status_code=204)
+async def remove_list_contact(request: Request, account_id: AccountId, list_id: str,
+                              contact_id: str) -> Response:
+    """Remove one contact from a list."""
+    await in_db(request, lambda s: contacts.remove_from_list(s, account_id=account_id,
+                                                             list_id=list_id, contact_id=contact_id))
+    return Response(status_code=204)

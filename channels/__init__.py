@@ -1,0 +1,1 @@
+"""Channel providers behind one protocol (see base.py); one module per provider."""

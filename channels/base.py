@@ -1,0 +1,98 @@
+"""The channel protocol: what every provider adapter implements.
+
+Adapters never return bool: they return a SendResult or raise one of two errors.
+TransientSendError means "try again later" (timeouts, connection errors, 429, 5xx);
+PermanentSendError means "this recipient or content will never work" (and is never retried).
+Anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One personalized message, ready for a provider."""
+
+    message_id: str
+    campaign_id: str
+    to: str
+    sender: str
+    body: str | None = None
+    subject: str | None = None
+    template: dict[str, Any] | None = None
+    contact_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The provider accepted the message: `status` is `sent` (receipt to follow) or `delivered`."""
+
+    provider_message_id: str
+    status: str = "sent"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """A later status from the provider for one message (poll or webhook)."""
+
+    provider_message_id: str
+    status: str
+    error_code: str | None = None
+    error_message: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SendError(Exception):
+    """Base of the two adapter errors."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class TransientSendError(SendError):
+    """Worth retrying later; `retry_after` (seconds) when the provider said how long to wait."""
+
+    def __init__(self, message: str, *, code: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class PermanentSendError(SendError):
+    """Never retried; `opt_out` when the recipient unsubscribed or blocked the sender."""
+
+    def __init__(self, message: str, *, code: str, opt_out: bool = False) -> None:
+        super().__init__(message, code=code)
+        self.opt_out = opt_out
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """A provider adapter for one channel. Open once per chunk; send concurrently."""
+
+    name: str
+    # Pacing defaults that respect the provider's documented limits (None = unlimited).
+    default_rate_per_second: float | None
+    default_concurrency: int
+    # True if fetch_status can resolve `sent` messages to a final status.
+    supports_status_lookup: bool
+
+    async def open(self) -> None:
+        """Acquire connections (an SMTP session, an HTTP pool)."""
+
+    async def close(self) -> None:
+        """Release what open() acquired."""
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """Send one message or raise TransientSendError / PermanentSendError."""
+        ...
+
+    async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
+        """The final status of an accepted message, or None while it is not final yet."""
+        ...

@@ -1,0 +1,122 @@
+"""Who a campaign reaches: the active contacts of its list with an address for its channel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlmodel import Session, col
+
+from core.ids import new_id
+from core.render import contact_values, message_cost, render
+from core.timeutil import utcnow
+from models import Contact, ListMembership, Message
+
+ADDRESS_COLUMN: dict[str, InstrumentedAttribute[Any]] = {
+    "sms": Contact.phone,  # type: ignore[dict-item]
+    "whatsapp": Contact.phone,  # type: ignore[dict-item]
+    "email": Contact.email,  # type: ignore[dict-item]
+    "telegram": Contact.telegram_chat_id,  # type: ignore[dict-item]
+    "slack": Contact.slack_user_id,  # type: ignore[dict-item]
+}
+BATCH = 5000
+
+
+@dataclass(frozen=True)
+class Audience:
+    recipients: int
+    skipped: int
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    contact_id: str
+    address: str
+    name: str
+    phone: str
+    email: str | None
+    attributes: dict[str, Any]
+
+
+def _member_filter(account_id: str, list_id: str) -> Any:
+    return and_(
+        col(Contact.account_id) == account_id,
+        col(Contact.id).in_(select(ListMembership.contact_id).where(col(ListMembership.list_id) == list_id)),
+    )
+
+
+def _reachable(channel: str) -> Any:
+    address = ADDRESS_COLUMN[channel]
+    return and_(col(Contact.unsubscribed_at).is_(None), address.is_not(None), address != "")
+
+
+def iter_recipients(session: Session, *, account_id: str, list_id: str, channel: str) -> Iterator[Recipient]:
+    """Stream the reachable contacts in a stable order (oldest contact first)."""
+    address = ADDRESS_COLUMN[channel]
+    query = (
+        select(Contact.id, address, Contact.name, Contact.phone, Contact.email, Contact.attributes)
+        .where(_member_filter(account_id, list_id), _reachable(channel))
+        .order_by(col(Contact.created_at), col(Contact.id))
+        .execution_options(yield_per=BATCH)
+    )
+    for row in session.execute(query):
+        yield Recipient(row[0], str(row[1]), row[2], row[3], row[4], row[5] or {})
+
+
+def per_message_cost(channel: str, body: str | None, recipient: Recipient) -> int:
+    """Credits one recipient's message costs, after personalization."""
+    if channel != "sms" or body is None:
+        return 1
+    values = contact_values(recipient.name, recipient.phone, recipient.email, recipient.attributes)
+    return message_cost(channel, render(body, values))
+
+
+def estimate(session: Session, *, account_id: str, list_id: str, channel: str, body: str | None) -> Audience:
+    """Count recipients and skipped members, and price the campaign."""
+    members = session.execute(
+        select(func.count()).select_from(Contact).where(_member_filter(account_id, list_id))
+    ).scalar_one()
+    if channel == "sms" and body is not None and "{{" in body:
+        count = cost = 0
+        for recipient in iter_recipients(session, account_id=account_id, list_id=list_id, channel=channel):
+            count += 1
+            cost += per_message_cost(channel, body, recipient)
+    else:
+        count = session.execute(
+            select(func.count()).select_from(Contact)
+            .where(_member_filter(account_id, list_id), _reachable(channel))
+        ).scalar_one()
+        cost = count * message_cost(channel, body) if channel == "sms" else count
+    return Audience(recipients=int(count), skipped=int(members) - int(count), cost=int(cost))
+
+
+def snapshot(
+    session: Session, *, campaign_id: str, account_id: str, list_id: str, channel: str, body: str | None
+) -> Audience:
+    """Insert one pending message row per recipient (seq 0..n-1); returns what was inserted."""
+    members = session.execute(
+        select(func.count()).select_from(Contact).where(_member_filter(account_id, list_id))
+    ).scalar_one()
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    count = cost = 0
+    table = Message.__table__  # type: ignore[attr-defined]
+    for recipient in iter_recipients(session, account_id=account_id, list_id=list_id, channel=channel):
+        price = per_message_cost(channel, body, recipient)
+        rows.append({
+            "id": new_id("msg"), "campaign_id": campaign_id, "contact_id": recipient.contact_id,
+            "seq": count, "to_address": recipient.address, "status": "pending", "cost": price,
+            "attempts": 0, "updated_at": now,
+        })
+        count += 1
+        cost += price
+        if len(rows) >= BATCH:
+            session.execute(insert(table), rows)
+            rows = []
+    if rows:
+        session.execute(insert(table), rows)
+    return Audience(recipients=count, skipped=int(members) - count, cost=cost)

@@ -1,0 +1,84 @@
+"""Personalization placeholders and SMS segment counting."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from core.errors import ValidationFailed
+
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+SIMPLE_FIELDS = frozenset({"name", "first_name", "phone", "email"})
+ATTRIBUTE_KEY = re.compile(r"^attributes\.([A-Za-z0-9_\-]+)$")
+
+# GSM 03.38 basic set; the extension set costs two septets per character.
+GSM7_BASIC = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENDED = set("^{}\\[~]|€\f")
+
+
+def placeholders(text: str) -> list[str]:
+    """Every placeholder name used in `text`, in order."""
+    return [m.group(1) for m in PLACEHOLDER.finditer(text)]
+
+
+def check_placeholders(text: str) -> None:
+    """Raise ValidationFailed on a placeholder this service cannot fill."""
+    unknown = [
+        name for name in placeholders(text)
+        if name not in SIMPLE_FIELDS and not ATTRIBUTE_KEY.match(name)
+    ]
+    if unknown:
+        raise ValidationFailed(
+            f"unknown placeholder {{{{{unknown[0]}}}}}",
+            {"unknown_placeholders": unknown,
+             "allowed": [*sorted(SIMPLE_FIELDS), "attributes.KEY"]},
+        )
+
+
+def contact_values(
+    name: str, phone: str | None, email: str | None, attributes: Mapping[str, Any] | None
+) -> dict[str, str]:
+    """The values placeholders resolve to for one contact."""
+    values = {
+        "name": name or "",
+        "first_name": (name or "").split(" ", 1)[0] if name else "",
+        "phone": phone or "",
+        "email": email or "",
+    }
+    for key, value in (attributes or {}).items():
+        values[f"attributes.{key}"] = "" if value is None else str(value)
+    return values
+
+
+def render(text: str, values: Mapping[str, str]) -> str:
+    """Replace placeholders with the contact's values (missing attributes become empty)."""
+    if "{{" not in text:
+        return text
+    return PLACEHOLDER.sub(lambda m: values.get(m.group(1), ""), text)
+
+
+def is_gsm7(text: str) -> bool:
+    """True if every character fits the GSM-7 alphabet (basic or extension)."""
+    return all(ch in GSM7_BASIC or ch in GSM7_EXTENDED for ch in text)
+
+
+def sms_segments(text: str) -> int:
+    """Segments an SMS body costs: GSM-7 160/153 septets, otherwise UCS-2 70/67 units."""
+    if not text:
+        return 1
+    if is_gsm7(text):
+        septets = sum(2 if ch in GSM7_EXTENDED else 1 for ch in text)
+        return 1 if septets <= 160 else -(-septets // 153)
+    units = sum(2 if ord(ch) > 0xFFFF else 1 for ch in text)  # UTF-16 code units
+    return 1 if units <= 70 else -(-units // 67)
+
+
+def message_cost(channel: str, text: str | None) -> int:
+    """Credits one message costs: one, except SMS which costs one per segment."""
+    if channel == "sms":
+        return sms_segments(text or "")
+    return 1

@@ -1,0 +1,125 @@
+"""The one settings class: environment variables with prefix CAMPAIGNS_, nested with __."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseModel):
+    """Per-account token bucket of the HTTP API."""
+
+    rate_per_second: float = 20.0
+    burst: int = 40
+
+
+class DeliverySettings(BaseModel):
+    """How long transient errors are retried and how long receipts are awaited."""
+
+    retry_window_s: float = 600.0
+    final_status_timeout_s: float = 86400.0
+    poll_interval_s: float = 2.0
+    max_backoff_s: float = 60.0
+
+
+class ChannelSettings(BaseModel):
+    """Provider choice and pacing of one channel; None means the provider's own default."""
+
+    provider: str = "sandbox"
+    rate_per_second: float | None = None
+    concurrency: int | None = None
+
+
+class SandboxSettings(BaseModel):
+    """The in-process simulated provider used by default on every channel."""
+
+    latency_ms: float = 0.0
+    failure_rate: float = 0.0
+    undelivered_rate: float = 0.0
+    delivery_delay_s: float = 0.5
+
+
+class TwilioSettings(BaseModel):
+    account_sid: str = ""
+    auth_token: SecretStr = SecretStr("")
+    base_url: str = "https://api.twilio.com"
+
+
+class WhatsAppCloudSettings(BaseModel):
+    access_token: SecretStr = SecretStr("")
+    app_secret: SecretStr = SecretStr("")
+    verify_token: SecretStr = SecretStr("")
+    base_url: str = "https://graph.facebook.com/v21.0"
+
+
+class TelegramBotSettings(BaseModel):
+    token: SecretStr = SecretStr("")
+    base_url: str = "https://api.telegram.org"
+
+
+class SmtpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 25
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    starttls: bool = False
+
+
+class SlackWebSettings(BaseModel):
+    bot_token: SecretStr = SecretStr("")
+    base_url: str = "https://slack.com/api"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, read once through get_settings() and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CAMPAIGNS_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path("./.campaigns")
+    database_url: str | None = None
+    public_url: str | None = None
+    chunk_size: int = Field(default=1000, ge=1, le=100_000)
+    chunk_concurrency: int = Field(default=2, ge=1, le=64)
+    prefect_port: int = 4200
+    reconcile_interval_s: float = 10.0
+    runner_limit: int = 8
+
+    api: ApiSettings = ApiSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    sms: ChannelSettings = ChannelSettings()
+    whatsapp: ChannelSettings = ChannelSettings()
+    telegram: ChannelSettings = ChannelSettings()
+    email: ChannelSettings = ChannelSettings()
+    slack: ChannelSettings = ChannelSettings()
+    sandbox: SandboxSettings = SandboxSettings()
+    twilio: TwilioSettings = TwilioSettings()
+    whatsapp_cloud: WhatsAppCloudSettings = WhatsAppCloudSettings()
+    telegram_bot: TelegramBotSettings = TelegramBotSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    slack_web: SlackWebSettings = SlackWebSettings()
+
+    def resolved_database_url(self) -> str:
+        """The app database URL: explicit, or SQLite inside the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'campaigns.db').resolve()}"
+
+    def channel(self, name: str) -> ChannelSettings:
+        """Settings of one channel by its name."""
+        value = getattr(self, name)
+        assert isinstance(value, ChannelSettings), name
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings from the environment (and .env)."""
+    return Settings()

@@ -1,0 +1,107 @@
+"""Delivery tracking: apply provider status updates (never backwards) and poll for receipts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, func, select, update
+from sqlmodel import Session, col
+
+from channels.base import Channel, StatusUpdate
+from core.db import session_scope
+from core.timeutil import utcnow
+from models import Message, MessageStatus
+from models.enums import MESSAGE_STATUS_RANK
+
+POLL_BATCH = 1000
+POLL_CONCURRENCY = 32
+
+
+def _lower_statuses(status: str) -> list[str]:
+    rank = MESSAGE_STATUS_RANK[MessageStatus(status)]
+    return [s.value for s, r in MESSAGE_STATUS_RANK.items() if r < rank]
+
+
+def apply_updates(session: Session, updates: Sequence[StatusUpdate]) -> int:
+    """Apply provider updates by provider_message_id; an update never moves a message backwards
+    and a repeated update changes nothing. Returns the number of rows changed."""
+    table = Message.__table__  # type: ignore[attr-defined]
+    changed = 0
+    now = utcnow()
+    by_status: dict[str, list[dict[str, Any]]] = {}
+    for u in updates:
+        by_status.setdefault(u.status, []).append(
+            {"b_pid": u.provider_message_id, "b_code": u.error_code, "b_msg": u.error_message}
+        )
+    for status, params in by_status.items():
+        stmt = (
+            update(table)
+            .where(table.c.provider_message_id == bindparam("b_pid"),
+                   table.c.status.in_(_lower_statuses(status)))
+            .values(status=status, error_code=bindparam("b_code"),
+                    error_message=bindparam("b_msg"), updated_at=now)
+        )
+        result = session.connection().execute(stmt, params)
+        changed += max(int(result.rowcount), 0)
+    return changed
+
+
+def nonfinal_count(session: Session, campaign_id: str) -> int:
+    """Messages of a campaign not yet in a final status."""
+    return int(session.execute(
+        select(func.count()).select_from(Message).where(
+            col(Message.campaign_id) == campaign_id,
+            col(Message.status).in_([MessageStatus.pending, MessageStatus.sending, MessageStatus.sent]),
+        )
+    ).scalar_one())
+
+
+async def poll_once(engine: Engine, channel: Channel, campaign_id: str) -> int:
+    """Ask the provider about every `sent` message once; returns how many became final."""
+    if not channel.supports_status_lookup:
+        return 0
+    last_seq = -1
+    resolved = 0
+    semaphore = asyncio.Semaphore(POLL_CONCURRENCY)
+
+    def _page(after: int) -> list[Any]:
+        with session_scope(engine) as session:
+            return list(session.execute(
+                select(Message.seq, Message.provider_message_id, Message.sent_at).where(
+                    col(Message.campaign_id) == campaign_id,
+                    col(Message.status) == MessageStatus.sent, col(Message.seq) > after,
+                ).order_by(col(Message.seq)).limit(POLL_BATCH)
+            ).all())
+
+    async def _one(pid: str, sent_at: Any) -> StatusUpdate | None:
+        async with semaphore:
+            return await channel.fetch_status(pid, sent_at)
+
+    def _apply(updates: list[StatusUpdate]) -> int:
+        with session_scope(engine) as session:
+            return apply_updates(session, updates)
+
+    while True:
+        rows = await asyncio.to_thread(_page, last_seq)
+        if not rows:
+            return resolved
+        last_seq = rows[-1][0]
+        results = await asyncio.gather(*(_one(r[1], r[2]) for r in rows if r[1]))
+        updates = [u for u in results if u is not None]
+        if updates:
+            resolved += await asyncio.to_thread(_apply, updates)
+
+
+def expire(session: Session, *, campaign_id: str) -> int:
+    """Fail what is still not final after the receipt timeout (error_code status_timeout)."""
+    result = session.execute(
+        update(Message).where(
+            col(Message.campaign_id) == campaign_id,
+            col(Message.status) == MessageStatus.sent,
+        ).values(status=MessageStatus.failed, error_code="status_timeout",
+                 error_message="no final status from the provider before the timeout",
+                 updated_at=utcnow())
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,33 @@
+"""SQLModel tables and API schemas: no I/O, no business rules."""
+
+from models.enums import CampaignStatus, Channel, CreditKind, MessageStatus, SenderIdStatus
+from models.tables import (
+    Account,
+    ApiKey,
+    Campaign,
+    Contact,
+    ContactList,
+    CreditEntry,
+    IdempotencyRecord,
+    ListMembership,
+    Message,
+    SenderId,
+)
+
+__all__ = [
+    "Account",
+    "ApiKey",
+    "Campaign",
+    "CampaignStatus",
+    "Channel",
+    "Contact",
+    "ContactList",
+    "CreditEntry",
+    "CreditKind",
+    "IdempotencyRecord",
+    "ListMembership",
+    "Message",
+    "MessageStatus",
+    "SenderId",
+    "SenderIdStatus",
+]

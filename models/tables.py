@@ -1,0 +1,163 @@
+"""Database tables. Timestamps are naive UTC; ids are prefixed random strings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "accounts"
+
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=200)
+    # Invariant kept by atomic UPDATEs only: 0 <= reserved <= balance.
+    balance: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    reserved: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    created_at: datetime
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=40)
+    account_id: str = Field(foreign_key="accounts.id", index=True, max_length=40)
+    key_hash: str = Field(unique=True, max_length=64)
+    prefix: str = Field(max_length=12)
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class SenderId(SQLModel, table=True):
+    __tablename__ = "sender_ids"
+    __table_args__ = (UniqueConstraint("account_id", "channel", "value"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    account_id: str = Field(foreign_key="accounts.id", index=True, max_length=40)
+    channel: str = Field(max_length=16)
+    value: str = Field(max_length=320)
+    status: str = Field(default="pending", max_length=16)
+    created_at: datetime
+
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "contacts"
+    __table_args__ = (UniqueConstraint("account_id", "phone"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    account_id: str = Field(foreign_key="accounts.id", index=True, max_length=40)
+    name: str = Field(max_length=200)
+    phone: str = Field(max_length=20)
+    email: str | None = Field(default=None, max_length=320)
+    telegram_chat_id: str | None = Field(default=None, max_length=64)
+    slack_user_id: str | None = Field(default=None, max_length=64)
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    unsubscribed_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ContactList(SQLModel, table=True):
+    __tablename__ = "contact_lists"
+
+    id: str = Field(primary_key=True, max_length=40)
+    account_id: str = Field(foreign_key="accounts.id", index=True, max_length=40)
+    name: str = Field(max_length=200)
+    created_at: datetime
+
+
+class ListMembership(SQLModel, table=True):
+    __tablename__ = "list_memberships"
+    __table_args__ = (Index("ix_list_memberships_contact", "contact_id"),)
+
+    list_id: str = Field(foreign_key="contact_lists.id", primary_key=True, max_length=40)
+    contact_id: str = Field(foreign_key="contacts.id", primary_key=True, max_length=40)
+    created_at: datetime
+
+
+class Campaign(SQLModel, table=True):
+    __tablename__ = "campaigns"
+    __table_args__ = (Index("ix_campaigns_account_created", "account_id", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    account_id: str = Field(foreign_key="accounts.id", index=True, max_length=40)
+    name: str = Field(max_length=200)
+    channel: str = Field(max_length=16)
+    contact_list_id: str = Field(max_length=40)
+    sender_id: str = Field(max_length=40)
+    sender_value: str = Field(max_length=320)
+    body: str | None = None
+    template: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    subject: str | None = Field(default=None, max_length=998)
+    status: str = Field(default="draft", max_length=16, index=True)
+    scheduled_at: datetime | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    dispatched_at: datetime | None = None
+    completed_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    failure_reason: str | None = None
+    flow_run_id: str | None = Field(default=None, max_length=40)
+    total_recipients: int = 0
+    skipped_count: int = 0
+    credits_reserved: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    credits_used: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    snapshot_at: datetime | None = None
+    settled_at: datetime | None = None
+
+
+class Message(SQLModel, table=True):
+    """One row per (campaign, contact): the ledger that makes sends at-most-once."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "contact_id"),
+        Index("ix_messages_campaign_seq", "campaign_id", "seq"),
+        Index("ix_messages_campaign_status", "campaign_id", "status"),
+        Index("ix_messages_claim", "claim_token"),
+        Index("ix_messages_provider_id", "provider_message_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    campaign_id: str = Field(foreign_key="campaigns.id", max_length=40)
+    contact_id: str = Field(max_length=40)
+    seq: int
+    to_address: str = Field(max_length=320)
+    status: str = Field(default="pending", max_length=16)
+    cost: int = 1
+    attempts: int = 0
+    claim_token: str | None = Field(default=None, max_length=40)
+    provider_message_id: str | None = Field(default=None, max_length=128)
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = None
+    sent_at: datetime | None = None
+    updated_at: datetime
+
+
+class CreditEntry(SQLModel, table=True):
+    """Append-only credit ledger: top-ups, holds, charges and releases."""
+
+    __tablename__ = "credit_entries"
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: str = Field(foreign_key="accounts.id", index=True, max_length=40)
+    campaign_id: str | None = Field(default=None, index=True, max_length=40)
+    kind: str = Field(max_length=16)
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """A stored response for an Idempotency-Key, replayed for 24 hours."""
+
+    __tablename__ = "idempotency_records"
+
+    account_id: str = Field(primary_key=True, max_length=40)
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)
+    status_code: int
+    response: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime

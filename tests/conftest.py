@@ -1,0 +1,78 @@
+"""Fast-suite fixtures: a migrated SQLite database per test (copied from a session template),
+the API over it with a recording launcher. No Prefect here."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from api.app import create_app
+from core.db import make_engine, migrate
+from core.settings import Settings
+
+
+class RecordingLauncher:
+    """Records launches and cancels instead of talking to Prefect."""
+
+    def __init__(self) -> None:
+        self.launched: list[dict[str, object]] = []
+        self.cancelled: list[str] = []
+        self.fail = False
+
+    async def launch(self, *, campaign_id: str, account_id: str, channel: str,
+                     scheduled_at: datetime | None) -> str:
+        if self.fail:
+            raise RuntimeError("prefect is down")
+        self.launched.append({"campaign_id": campaign_id, "account_id": account_id,
+                              "channel": channel, "scheduled_at": scheduled_at})
+        return f"fr-{campaign_id}"
+
+    async def cancel(self, *, flow_run_id: str) -> None:
+        self.cancelled.append(flow_run_id)
+
+    async def healthy(self) -> bool:
+        return True
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "campaigns.db"
+    migrate(Settings(database_url=f"sqlite:///{path}"))
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, template_db: Path) -> Settings:
+    db = tmp_path / "campaigns.db"
+    shutil.copy(template_db, db)
+    return Settings(
+        data_dir=tmp_path, database_url=f"sqlite:///{db}",
+        api={"rate_per_second": 1000, "burst": 1000},
+        delivery={"retry_window_s": 2, "poll_interval_s": 0.05, "max_backoff_s": 0.05},
+        sandbox={"delivery_delay_s": 0},
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    eng = make_engine(settings.resolved_database_url())
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def launcher() -> RecordingLauncher:
+    return RecordingLauncher()
+
+
+@pytest.fixture
+def client(settings: Settings, engine: Engine, launcher: RecordingLauncher) -> Iterator[TestClient]:
+    app = create_app(settings, launcher=launcher, engine=engine)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
