@@ -243,6 +243,23 @@ def record_flow_run(session: Session, *, campaign_id: str, flow_run_id: str) -> 
                     .values(flow_run_id=flow_run_id))
 
 
+def release_for_resume(session: Session, *, campaign_id: str, flow_run_id: str) -> bool:
+    """Detach a campaign from a run that a worker shutdown stopped, so that the reconciler
+    starts a new run (with a new idempotency key) that resumes it."""
+    result = session.execute(
+        update(Campaign)
+        .where(col(Campaign.id) == campaign_id, col(Campaign.flow_run_id) == flow_run_id,
+               col(Campaign.status).in_(OPEN_STATUSES))
+        .values(flow_run_id=None, resume_count=Campaign.resume_count + 1)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def launch_key(campaign: Campaign) -> str:
+    """The idempotency key of the campaign's current flow run."""
+    return campaign.id if campaign.resume_count == 0 else f"{campaign.id}:resume-{campaign.resume_count}"
+
+
 def take_snapshot(session: Session, *, campaign_id: str) -> Campaign:
     """Freeze the recipients into message rows, once; a re-run keeps the first snapshot."""
     campaign = load(session, campaign_id)

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy import Engine, bindparam, func, or_, select, update
 from sqlmodel import Session, col
 
 from channels.base import Channel, StatusUpdate
@@ -39,7 +39,8 @@ def apply_updates(session: Session, updates: Sequence[StatusUpdate]) -> int:
         stmt = (
             update(table)
             .where(table.c.provider_message_id == bindparam("b_pid"),
-                   table.c.status.in_(_lower_statuses(status)))
+                   # no IN (...): expanding parameters cannot be used with executemany
+                   or_(*(table.c.status == s for s in _lower_statuses(status))))
             .values(status=status, error_code=bindparam("b_code"),
                     error_message=bindparam("b_msg"), updated_at=now)
         )

@@ -101,6 +101,8 @@ class Campaign(SQLModel, table=True):
     cancelled_at: datetime | None = None
     failure_reason: str | None = None
     flow_run_id: str | None = Field(default=None, max_length=40)
+    # Bumped when a run is stopped by a worker shutdown and must be relaunched (new run key).
+    resume_count: int = 0
     total_recipients: int = 0
     skipped_count: int = 0
     credits_reserved: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))

@@ -26,7 +26,7 @@ class RecordingLauncher:
         self.fail = False
 
     async def launch(self, *, campaign_id: str, account_id: str, channel: str,
-                     scheduled_at: datetime | None) -> str:
+                     scheduled_at: datetime | None, key: str | None = None) -> str:
         if self.fail:
             raise RuntimeError("prefect is down")
         self.launched.append({"campaign_id": campaign_id, "account_id": account_id,

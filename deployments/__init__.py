@@ -1,0 +1,1 @@
+"""Serving the deployments, the reconciler, the local stack and the `campaigns` CLI."""

@@ -1,0 +1,231 @@
+"""The `campaigns` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from core.db import get_engine, migrate, session_scope
+from core.errors import DomainError
+from core.settings import Settings, get_settings
+
+
+def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data) if getattr(args, "json", False) else text)
+
+
+def _with_db(settings: Settings, fn: Callable[[Any], Any]) -> Any:
+    migrate(settings)
+    with session_scope(get_engine(settings)) as session:
+        return fn(session)
+
+
+# -- admin commands --
+
+def cmd_accounts_create(args: argparse.Namespace, settings: Settings) -> int:
+    from core import accounts
+
+    new = _with_db(settings, lambda s: accounts.create_account(s, name=args.name,
+                                                               credits_amount=args.credits))
+    _print(args, {"account_id": new.account_id, "api_key": new.api_key},
+           f"account_id: {new.account_id}\napi_key:    {new.api_key}\n"
+           "(the key is shown once; store it now)")
+    return 0
+
+
+def cmd_credits_add(args: argparse.Namespace, settings: Settings) -> int:
+    from core import credits
+
+    bal = _with_db(settings, lambda s: credits.add_credits(s, account_id=args.account_id,
+                                                           amount=args.amount))
+    data = {"account_id": args.account_id, "balance": bal.balance, "reserved": bal.reserved,
+            "available": bal.available}
+    _print(args, data, f"balance {bal.balance}, reserved {bal.reserved}, available {bal.available}")
+    return 0
+
+
+def cmd_sender_ids_add(args: argparse.Namespace, settings: Settings) -> int:
+    from core import accounts, sender_ids
+    from core.errors import NotFound
+
+    def _add(session: Any) -> Any:
+        if accounts.get_account(session, args.account_id) is None:
+            raise NotFound(f"account {args.account_id} not found")
+        return sender_ids.register(session, account_id=args.account_id, channel=args.channel,
+                                   value=args.value, approved=args.approved)
+
+    sender = _with_db(settings, _add)
+    data = {"id": sender.id, "value": sender.value, "channel": sender.channel,
+            "status": sender.status}
+    _print(args, data, f"{sender.id} {sender.channel} {sender.value!r}: {sender.status}")
+    return 0
+
+
+def _set_sender_status(status: str) -> Callable[[argparse.Namespace, Settings], int]:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        from core import sender_ids
+        from models import SenderIdStatus
+
+        sender = _with_db(settings, lambda s: sender_ids.set_status(
+            s, sender_id=args.sender_id, status=SenderIdStatus(status)))
+        data = {"id": sender.id, "value": sender.value, "channel": sender.channel,
+                "status": sender.status}
+        _print(args, data, f"{sender.id} {sender.channel} {sender.value!r}: {sender.status}")
+        return 0
+
+    return run
+
+
+def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
+    migrate(settings)
+    print(f"database at the newest schema: {settings.resolved_database_url().split('@')[-1]}")
+    return 0
+
+
+# -- processes --
+
+def cmd_worker(_args: argparse.Namespace, settings: Settings) -> int:
+    from deployments.worker import run_worker
+
+    try:
+        asyncio.run(run_worker(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def build_api(settings: Settings) -> Any:
+    """The API with the Prefect launcher (what `api` and `serve` run)."""
+    from api.app import create_app
+    from flows.launcher import PrefectLauncher
+
+    return create_app(settings, launcher=PrefectLauncher())
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    migrate(settings)
+    uvicorn.run(build_api(settings), host=args.host, port=args.port, log_level="warning",
+                access_log=False)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from deployments.stack import Stack, StackError
+
+    stack = Stack(settings)
+    stopping = False
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    try:
+        stack.lock.acquire()
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        migrate(settings)
+        stack.start_prefect()
+        stack.start_worker()
+        stack.start_api(args.host, args.port)
+        print(f"campaigns API on http://{args.host}:{args.port}  (docs: /docs)", flush=True)
+        print(f"Prefect UI on {stack.prefect_ui}", flush=True)
+        while not stopping:
+            stack.check_children()
+            time.sleep(0.5)
+        print("stopping…", flush=True)
+        return 0
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stack.stop()
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from deployments.demo import run_demo
+
+    return run_demo(settings, contacts=args.contacts)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="campaigns", description=__doc__ or None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="everything on one machine: Prefect server, worker, API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="serve the send-campaign and launch-campaign deployments")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("api", help="only the HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("demo", help="run a sandbox campaign end to end and show it")
+    p.add_argument("--contacts", type=int, default=500)
+    p.set_defaults(func=cmd_demo)
+
+    accounts = sub.add_parser("accounts").add_subparsers(dest="sub", required=True)
+    p = accounts.add_parser("create", help="create an account and print its API key")
+    p.add_argument("name")
+    p.add_argument("--credits", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_accounts_create)
+
+    credits = sub.add_parser("credits").add_subparsers(dest="sub", required=True)
+    p = credits.add_parser("add", help="top up an account")
+    p.add_argument("account_id")
+    p.add_argument("amount", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_credits_add)
+
+    senders = sub.add_parser("sender-ids").add_subparsers(dest="sub", required=True)
+    p = senders.add_parser("add", help="register a sender ID for an account")
+    p.add_argument("account_id")
+    p.add_argument("--channel", required=True, choices=["sms", "whatsapp", "telegram", "email", "slack"])
+    p.add_argument("--value", required=True)
+    p.add_argument("--approved", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sender_ids_add)
+    for verb, status in (("approve", "approved"), ("reject", "rejected")):
+        p = senders.add_parser(verb, help=f"mark a sender ID {status}")
+        p.add_argument("sender_id")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=_set_sender_status(status))
+
+    db = sub.add_parser("db").add_subparsers(dest="sub", required=True)
+    p = db.add_parser("upgrade", help="create or migrate the database schema")
+    p.set_defaults(func=cmd_db_upgrade)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `campaigns` console script."""
+    logging.basicConfig(level=os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args, get_settings()))
+    except DomainError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": exc.code, "message": exc.message, "details": exc.details}))
+        else:
+            print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

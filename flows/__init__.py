@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only (loops, waits, submits)."""

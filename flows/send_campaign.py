@@ -1,0 +1,156 @@
+"""Flow `send-campaign`: one flow run per campaign.
+
+Reads top to bottom: start → wait for scheduled_at → snapshot recipients → hold credits →
+chunks → send chunks (bounded concurrency, progress artifact) → dispatched → await receipts →
+settle → summary. Every step is idempotent, so a re-run resumes where the last run stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+from prefect.context import get_run_context
+
+from core import campaigns
+from core.db import get_engine, session_scope
+from core.errors import InsufficientCredits
+from core.settings import get_settings
+from core.timeutil import as_utc, utcnow
+from flows.hooks import mark_cancelled, mark_failed
+from models import CampaignStatus
+from tasks.campaign_tasks import (
+    await_final_statuses,
+    hold_credits,
+    plan_chunks,
+    resolve_recipients,
+    send_chunk,
+    settle_credits,
+)
+
+SCHEDULE_CHECK_S = 5.0
+
+
+def _tx(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    with session_scope(get_engine(get_settings())) as session:
+        return fn(session, *args, **kwargs)
+
+
+async def _db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(_tx, fn, *args, **kwargs)
+
+
+def _flow_run_id() -> str | None:
+    try:
+        return str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    except Exception:
+        return None
+
+
+async def _wait_for_schedule(campaign_id: str) -> bool:
+    """Sleep until scheduled_at (runners start runs up to 10 s early); False if cancelled."""
+    while True:
+        campaign = await _db(campaigns.load, campaign_id)
+        if campaigns.is_final(campaign.status):
+            return False
+        if campaign.scheduled_at is None:
+            return True
+        wait = (as_utc(campaign.scheduled_at) - utcnow()).total_seconds()
+        if wait <= 0:
+            return True
+        await asyncio.sleep(min(wait, SCHEDULE_CHECK_S))
+
+
+def _summary_rows(campaign_id: str) -> list[dict[str, Any]]:
+    def _rows(session: Any) -> list[dict[str, Any]]:
+        campaign = campaigns.load(session, campaign_id)
+        counts = campaigns.message_counts(session, [campaign_id])[campaign_id]
+        return [
+            {"metric": "status", "value": campaign.status},
+            {"metric": "total_recipients", "value": campaign.total_recipients},
+            {"metric": "delivered", "value": counts.get("delivered", 0)},
+            {"metric": "failed", "value": counts.get("failed", 0) + counts.get("undelivered", 0)},
+            {"metric": "skipped", "value": campaign.skipped_count},
+            {"metric": "credits_used", "value": campaign.credits_used},
+        ]
+
+    return list(_tx(_rows))
+
+
+@flow(
+    name="send-campaign",
+    flow_run_name="{campaign_id}",
+    on_failure=[mark_failed],
+    on_crashed=[mark_failed],
+    on_cancellation=[mark_cancelled],
+    log_prints=True,
+    persist_result=False,
+)
+async def send_campaign(campaign_id: str) -> dict[str, Any]:
+    """Send a campaign to every recipient and see each message to a final status."""
+    logger = get_run_logger()
+    settings = get_settings()
+    status = await _db(campaigns.start_run, campaign_id=campaign_id, flow_run_id=_flow_run_id())
+    if status not in (CampaignStatus.processing, CampaignStatus.sent):
+        logger.info("campaign %s is %s: nothing to send", campaign_id, status)
+        return {"campaign_id": campaign_id, "status": status}
+    if not await _wait_for_schedule(campaign_id):
+        return {"campaign_id": campaign_id, "status": await _db(campaigns.status_of, campaign_id)}
+
+    audience = await resolve_recipients(campaign_id)
+    logger.info("campaign %s: %s recipients, %s skipped", campaign_id,
+                audience["total_recipients"], audience["skipped"])
+    try:
+        await hold_credits(campaign_id)
+    except InsufficientCredits as exc:
+        await _db(campaigns.fail, campaign_id=campaign_id, reason=f"insufficient_credits: {exc}")
+        raise
+
+    campaign = await _db(campaigns.load, campaign_id)
+    chunks = await plan_chunks(campaign_id)
+    progress = await acreate_progress_artifact(
+        progress=0.0, key=f"progress-{campaign_id.replace('_', '-')}",
+        description=f"Messages dispatched for campaign {campaign_id}",
+    )
+    semaphore = asyncio.Semaphore(settings.chunk_concurrency)
+    done = 0
+    stopped = False
+
+    async def run_chunk(number: int, start: int, end: int) -> None:
+        nonlocal done, stopped
+        async with semaphore:
+            if stopped:
+                return
+            report = await send_chunk(campaign_id, campaign.channel, number, start, end)
+        stopped = stopped or bool(report["stopped"])
+        done += 1
+        await aupdate_progress_artifact(progress, 100.0 * done / max(len(chunks), 1))
+
+    await asyncio.gather(*(run_chunk(i, s, e) for i, (s, e) in enumerate(chunks)))
+
+    if stopped or campaigns.is_final(await _db(campaigns.status_of, campaign_id)):
+        final = await _db(campaigns.status_of, campaign_id)
+        if final == CampaignStatus.cancelled:
+            await _db(campaigns.finalize_stopped, campaign_id=campaign_id, pending_code="cancelled")
+        logger.info("campaign %s stopped: %s", campaign_id, final)
+        return {"campaign_id": campaign_id, "status": final}
+
+    await _db(campaigns.mark_dispatched, campaign_id=campaign_id)
+    await aupdate_progress_artifact(progress, 100.0)
+    receipts = await await_final_statuses(campaign_id, campaign.channel)
+    result = await settle_credits(campaign_id)
+    if result["status"] == CampaignStatus.cancelled:
+        await _db(campaigns.finalize_stopped, campaign_id=campaign_id, pending_code="cancelled")
+    await acreate_table_artifact(
+        table=_summary_rows(campaign_id), key=f"summary-{campaign_id.replace('_', '-')}",
+        description=f"Summary of campaign {campaign_id}",
+    )
+    logger.info("campaign %s %s (%s receipt polls, %s timed out)", campaign_id,
+                result["status"], receipts["polls"], receipts["expired"])
+    return {"campaign_id": campaign_id, **result}

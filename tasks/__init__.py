@@ -1,0 +1,1 @@
+"""Prefect @task wrappers, each a few lines over one core function."""
