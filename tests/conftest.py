@@ -76,3 +76,44 @@ def client(settings: Settings, engine: Engine, launcher: RecordingLauncher) -> I
     app = create_app(settings, launcher=launcher, engine=engine)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, or a skip when PostgreSQL is absent."""
+    import os
+    import secrets
+
+    from sqlalchemy import create_engine, text
+
+    admin_url = os.environ.get("CAMPAIGNS_TEST_PG_URL", PG_ADMIN_URL)
+    try:
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL not reachable at {admin_url}: {exc.__class__.__name__}")
+    name = f"campaigns_test_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        from core.db import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    migrate(Settings(database_url=pg_url))
+    eng = make_engine(pg_url)
+    yield eng
+    eng.dispose()

@@ -1,0 +1,105 @@
+"""Credits and the message ledger on every database the machine has (SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine
+
+from core import campaigns, credits
+from core.db import session_scope
+from core.errors import InsufficientCredits
+from models.schemas import CampaignCreate
+from tests.factories import make_tenant
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        yield engine
+    else:
+        yield request.getfixturevalue("pg_engine")
+
+
+def _create(engine: Engine, tenant, body: str = "Hello {{first_name}}") -> str:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        return campaigns.create_campaign(session, account_id=tenant.account_id, data=CampaignCreate(
+            name="x", channel="sms", contact_list_id=tenant.list_id, sender_id=tenant.sender,
+            body=body)).id
+
+
+def _balance(engine: Engine, account_id: str) -> credits.Balance:
+    with session_scope(engine) as session:
+        return credits.get_balance(session, account_id)
+
+
+def test_create_holds_cost_and_settle_charges_accepted(db: Engine) -> None:
+    tenant = make_tenant(db, credits_amount=100, contacts_n=4)
+    cid = _create(db, tenant)
+    assert _balance(db, tenant.account_id).reserved == 4
+    with session_scope(db) as session:
+        campaigns.start_run(session, campaign_id=cid, flow_run_id=None)
+        campaigns.take_snapshot(session, campaign_id=cid)
+        assert campaigns.adjust_hold(session, campaign_id=cid) == 4
+    with session_scope(db) as session:
+        from sqlalchemy import update
+
+        from models import Message
+        rows = campaigns.list_messages(session, account_id=tenant.account_id, campaign_id=cid,
+                                       status=None, page=1, per_page=10)[0]
+        # Three accepted (one still awaiting its receipt), one rejected.
+        for m, status in zip(rows, ["delivered", "undelivered", "sent", "failed"], strict=True):
+            session.execute(update(Message).where(Message.id == m.id).values(status=status))
+        campaigns.fail(session, campaign_id=cid, reason="test")
+    bal = _balance(db, tenant.account_id)
+    assert (bal.balance, bal.reserved) == (97, 0)
+    with session_scope(db) as session:
+        assert credits.settle(session, campaign_id=cid) is False  # exactly once
+    assert _balance(db, tenant.account_id).balance == 97
+
+
+def test_segment_pricing_uses_the_personalized_body(db: Engine) -> None:
+    tenant = make_tenant(db, credits_amount=100, contacts_n=2)
+    # 150 chars + "Customer" (8) = 158 → 1 segment; with first_name doubled → 2 segments.
+    _create(db, tenant, body="x" * 150 + "{{first_name}}")
+    assert _balance(db, tenant.account_id).reserved == 2
+    _create(db, tenant, body="x" * 150 + "{{first_name}}{{first_name}}")
+    assert _balance(db, tenant.account_id).reserved == 2 + 4
+
+
+def test_insufficient_credits_changes_nothing(db: Engine) -> None:
+    tenant = make_tenant(db, credits_amount=2, contacts_n=3)
+    with pytest.raises(InsufficientCredits):
+        _create(db, tenant)
+    bal = _balance(db, tenant.account_id)
+    assert (bal.balance, bal.reserved) == (2, 0)
+    with session_scope(db) as session:
+        assert campaigns.list_campaigns(session, account_id=tenant.account_id, page=1,
+                                        per_page=10)[1] == 0
+
+
+def test_concurrent_creates_never_overdraw(db: Engine) -> None:
+    tenant = make_tenant(db, credits_amount=10, contacts_n=3)  # room for 3 campaigns of 3
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        try:
+            _create(db, tenant)
+            result = "ok"
+        except InsufficientCredits:
+            result = "short"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=worker) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("ok") == 3
+    assert outcomes.count("short") == 9
+    bal = _balance(db, tenant.account_id)
+    assert (bal.reserved, bal.available) == (9, 1)
