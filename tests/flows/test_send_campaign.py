@@ -1,0 +1,189 @@
+"""The send-campaign and launch-campaign flows against a real (harness) Prefect API."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from core import campaigns, contacts, credits
+from core.db import session_scope
+from core.settings import Settings
+from core.timeutil import utcnow
+from models import Message
+from models.schemas import CampaignCreate, ContactCreate
+from tests.conftest import RecordingLauncher
+from tests.factories import Tenant, make_tenant
+
+pytestmark = pytest.mark.prefect
+
+
+def _create(engine: Engine, tenant: Tenant, **over: object) -> str:
+    data = {"name": "flow test", "channel": "sms", "contact_list_id": tenant.list_id,
+            "sender_id": tenant.sender, "body": "Hi {{first_name}}", **over}
+    with session_scope(engine) as session:
+        return campaigns.create_campaign(session, account_id=tenant.account_id,
+                                         data=CampaignCreate.model_validate(data)).id
+
+
+def _state(engine: Engine, cid: str) -> tuple[object, dict[str, int], credits.Balance]:
+    with session_scope(engine) as session:
+        campaign = campaigns.load(session, cid)
+        counts = campaigns.message_counts(session, [cid])[cid]
+        return campaign, counts, credits.get_balance(session, campaign.account_id)
+
+
+async def test_campaign_runs_to_completed(flow_engine: Engine) -> None:
+    from flows.send_campaign import send_campaign
+
+    tenant = make_tenant(flow_engine, credits_amount=50, contacts_n=9)
+    with session_scope(flow_engine) as session:  # one recipient the provider rejects
+        contacts.create_contact(session, account_id=tenant.account_id, data=ContactCreate(
+            name="Bad Number", phone="+15005550001", lists=[tenant.list_id]))
+    cid = _create(flow_engine, tenant)
+    result = await send_campaign(cid)
+    assert result["status"] == "completed"
+    campaign, counts, balance = _state(flow_engine, cid)
+    assert campaign.status == "completed" and campaign.completed_at is not None  # type: ignore[attr-defined]
+    assert counts == {"delivered": 9, "failed": 1}
+    assert (balance.balance, balance.reserved) == (41, 0)
+    assert campaign.credits_used == 9  # type: ignore[attr-defined]
+
+
+async def test_rerun_after_a_crash_sends_nothing_twice(flow_engine: Engine, flow_settings: Settings) -> None:
+    from core.dispatch import send_chunk
+    from flows.send_campaign import send_campaign
+
+    tenant = make_tenant(flow_engine, contacts_n=10, name="crashy")
+    cid = _create(flow_engine, tenant)
+    # A first run got as far as one chunk, and died with one more message in flight.
+    with session_scope(flow_engine) as session:
+        campaigns.start_run(session, campaign_id=cid, flow_run_id=None)
+        campaigns.take_snapshot(session, campaign_id=cid)
+        campaigns.adjust_hold(session, campaign_id=cid)
+    await send_chunk(settings=flow_settings, engine=flow_engine, campaign_id=cid, start=0, end=4)
+    with session_scope(flow_engine) as session:
+        session.execute(update(Message).where(Message.campaign_id == cid, Message.seq == 5)  # type: ignore[arg-type]
+                        .values(status="sending", claim_token="dead", attempts=1))
+    result = await send_campaign(cid)
+    assert result["status"] == "completed"
+    with session_scope(flow_engine) as session:
+        rows = list(session.execute(select(Message).where(Message.campaign_id == cid)).scalars())  # type: ignore[arg-type]
+    assert all(m.attempts == 1 for m in rows)  # every message claimed exactly once
+    unknown = [m for m in rows if m.error_code == "outcome_unknown"]
+    assert [m.seq for m in unknown] == [5]
+    _, counts, balance = _state(flow_engine, cid)
+    assert counts == {"delivered": 9, "failed": 1}
+    assert balance.reserved == 0 and balance.balance == 1000 - 10  # the unknown one is paid for
+
+
+async def test_insufficient_credits_at_snapshot_fails_the_campaign(flow_engine: Engine) -> None:
+    from core.errors import InsufficientCredits
+    from flows.send_campaign import send_campaign
+
+    tenant = make_tenant(flow_engine, credits_amount=3, contacts_n=3, name="short")
+    cid = _create(flow_engine, tenant)
+    with session_scope(flow_engine) as session:  # the list grew after the campaign was priced
+        contacts.create_contact(session, account_id=tenant.account_id, data=ContactCreate(
+            name="Late Joiner", phone="+14155551234", lists=[tenant.list_id]))
+    with pytest.raises(InsufficientCredits):
+        await send_campaign(cid)
+    campaign, counts, balance = _state(flow_engine, cid)
+    assert campaign.status == "failed"  # type: ignore[attr-defined]
+    assert "insufficient_credits" in (campaign.failure_reason or "")  # type: ignore[attr-defined]
+    assert counts == {"pending": 4}  # nothing was sent
+    assert (balance.balance, balance.reserved) == (3, 0)
+
+
+async def test_cancelled_campaign_sends_nothing(flow_engine: Engine) -> None:
+    from flows.send_campaign import send_campaign
+
+    tenant = make_tenant(flow_engine, contacts_n=2, name="cancelled")
+    cid = _create(flow_engine, tenant)
+    with session_scope(flow_engine) as session:
+        campaigns.cancel_campaign(session, account_id=tenant.account_id, campaign_id=cid)
+    assert (await send_campaign(cid))["status"] == "cancelled"
+    _, counts, balance = _state(flow_engine, cid)
+    assert counts == {} and balance.reserved == 0
+
+
+async def test_no_message_leaves_before_scheduled_at(flow_engine: Engine) -> None:
+    from flows.send_campaign import send_campaign
+
+    tenant = make_tenant(flow_engine, contacts_n=2, name="scheduled")
+    when = utcnow() + timedelta(seconds=3)
+    cid = _create(flow_engine, tenant, scheduled_at=when)
+    assert _state(flow_engine, cid)[0].status == "scheduled"  # type: ignore[attr-defined]
+    start = time.monotonic()
+    assert (await send_campaign(cid))["status"] == "completed"
+    assert time.monotonic() - start >= 2.5
+    with session_scope(flow_engine) as session:
+        sent_at = [m.sent_at for m in session.execute(
+            select(Message).where(Message.campaign_id == cid)).scalars()]  # type: ignore[arg-type]
+    assert all(s is not None and s >= when for s in sent_at)
+
+
+async def test_reconciler_mirrors_runs_that_died_without_hooks(flow_engine: Engine, flow_settings: Settings) -> None:
+    from prefect import flow, get_client
+    from prefect.states import Cancelled, Crashed
+
+    from deployments.reconciler import reconcile_once
+
+    @flow(name="stand-in")
+    def stand_in() -> None:
+        return None
+
+    tenant = make_tenant(flow_engine, credits_amount=100, contacts_n=2, name="reconciled")
+    crashed, cancelled, unlaunched = (_create(flow_engine, tenant) for _ in range(3))
+    async with get_client() as client:
+        runs = {}
+        for cid, state in ((crashed, Crashed(message="process killed")),
+                           (cancelled, Cancelled(message="cancelled in the UI"))):
+            run = await client.create_flow_run(stand_in, parameters={})
+            await client.set_flow_run_state(run.id, state, force=True)
+            runs[cid] = str(run.id)
+    with session_scope(flow_engine) as session:
+        for cid, run_id in runs.items():
+            campaigns.start_run(session, campaign_id=cid, flow_run_id=run_id)
+            campaigns.take_snapshot(session, campaign_id=cid)
+        session.execute(update(campaigns.Campaign).where(campaigns.Campaign.id == unlaunched)  # type: ignore[arg-type]
+                        .values(created_at=utcnow() - timedelta(minutes=1)))
+    launcher = RecordingLauncher()
+    report = await reconcile_once(flow_settings, launcher)
+    assert crashed in report.failed and cancelled in report.cancelled
+    assert [c["campaign_id"] for c in launcher.launched] == [unlaunched]
+    assert _state(flow_engine, crashed)[0].status == "failed"  # type: ignore[attr-defined]
+    assert "process killed" in (_state(flow_engine, crashed)[0].failure_reason or "")  # type: ignore[attr-defined]
+    assert _state(flow_engine, cancelled)[0].status == "cancelled"  # type: ignore[attr-defined]
+    assert _state(flow_engine, unlaunched)[0].flow_run_id == f"fr-{unlaunched}"  # type: ignore[attr-defined]
+    # Only the relaunched campaign still holds credits.
+    assert _state(flow_engine, crashed)[2].reserved == 2
+
+
+async def test_launch_campaign_creates_and_triggers(flow_engine: Engine) -> None:
+    from prefect import get_client
+
+    from deployments.worker import build_deployments
+    from flows.launch_campaign import launch_campaign
+
+    for deployment in await build_deployments():
+        await deployment.aapply()  # type: ignore[attr-defined]
+    tenant = make_tenant(flow_engine, contacts_n=2, name="launcher")
+    cid = await launch_campaign(account_id=tenant.account_id, name="From the UI", channel="sms",
+                                contact_list_id=tenant.list_id, sender_id=tenant.sender,
+                                body="Hello {{name}}")
+    campaign, _, balance = _state(flow_engine, cid)
+    assert campaign.flow_run_id and balance.reserved == 2  # type: ignore[attr-defined]
+    async with get_client() as client:
+        run = await client.read_flow_run(campaign.flow_run_id)  # type: ignore[attr-defined]
+    assert run.name == cid and run.parameters == {"campaign_id": cid}
+    assert {"channel:sms", f"account:{tenant.account_id}"} <= set(run.tags)
+    assert run.state is not None and run.state.is_scheduled()
+    # The same key never creates a second run.
+    from flows.launcher import PrefectLauncher
+
+    again = await PrefectLauncher().launch(campaign_id=cid, account_id=tenant.account_id,
+                                           channel="sms", scheduled_at=None)
+    assert again == campaign.flow_run_id  # type: ignore[attr-defined]
