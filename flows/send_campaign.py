@@ -54,10 +54,11 @@ def _flow_run_id() -> str | None:
 
 
 async def _wait_for_schedule(campaign_id: str) -> bool:
-    """Sleep until scheduled_at (runners start runs up to 10 s early); False if cancelled."""
+    """Sleep until scheduled_at (runners start runs up to 10 s early); False if it was
+    cancelled meanwhile (a failed campaign may be retried, so it does not stop here)."""
     while True:
         campaign = await _db(campaigns.load, campaign_id)
-        if campaigns.is_final(campaign.status):
+        if campaign.status in (CampaignStatus.cancelled, CampaignStatus.completed):
             return False
         if campaign.scheduled_at is None:
             return True
@@ -96,12 +97,13 @@ async def send_campaign(campaign_id: str) -> dict[str, Any]:
     """Send a campaign to every recipient and see each message to a final status."""
     logger = get_run_logger()
     settings = get_settings()
+    # The campaign stays `scheduled` while the run waits for its time (runners start early).
+    if not await _wait_for_schedule(campaign_id):
+        return {"campaign_id": campaign_id, "status": await _db(campaigns.status_of, campaign_id)}
     status = await _db(campaigns.start_run, campaign_id=campaign_id, flow_run_id=_flow_run_id())
     if status not in (CampaignStatus.processing, CampaignStatus.sent):
         logger.info("campaign %s is %s: nothing to send", campaign_id, status)
         return {"campaign_id": campaign_id, "status": status}
-    if not await _wait_for_schedule(campaign_id):
-        return {"campaign_id": campaign_id, "status": await _db(campaigns.status_of, campaign_id)}
 
     audience = await resolve_recipients(campaign_id)
     logger.info("campaign %s: %s recipients, %s skipped", campaign_id,
