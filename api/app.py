@@ -14,13 +14,17 @@ from core.ratelimit import TokenBuckets
 from core.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None, *, launcher: Launcher | None = None,
-               engine: Engine | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, launcher: Launcher | None = None, engine: Engine | None = None
+) -> FastAPI:
     """Build the API over a migrated database; the launcher starts flow runs."""
     settings = settings or get_settings()
-    app = FastAPI(title="Campaigns API", version="0.1.0",
-                  description="Broadcast one message to a contact list over SMS, WhatsApp, "
-                              "Telegram, email or Slack; every campaign is a Prefect flow run.")
+    app = FastAPI(
+        title="Campaigns API",
+        version="0.1.0",
+        description="Broadcast one message to a contact list over SMS, WhatsApp, "
+        "Telegram, email or Slack; every campaign is a Prefect flow run.",
+    )
     app.state.campaigns = AppState(
         settings=settings,
         engine=engine or get_engine(settings),

@@ -60,8 +60,7 @@ async def current_account_id(request: Request) -> str:
     app_state = state(request)
     wait = app_state.buckets.take(account.id)
     if wait > 0:
-        raise RateLimited("too many requests; slow down",
-                          retry_after=TokenBuckets.retry_after_header(wait))
+        raise RateLimited("too many requests; slow down", retry_after=TokenBuckets.retry_after_header(wait))
     return account.id
 
 
@@ -74,9 +73,11 @@ class Page:
     per_page: int
 
 
-def pagination(page: Annotated[str | None, Query()] = None,
-               per_page: Annotated[str | None, Query()] = None) -> Page:
+def pagination(
+    page: Annotated[str | None, Query()] = None, per_page: Annotated[str | None, Query()] = None
+) -> Page:
     """page >= 1 (default 1), per_page 1..100 (default 50); anything else is 400."""
+
     def parse(name: str, raw: str | None, default: int, low: int, high: int) -> int:
         if raw is None:
             return default
@@ -113,8 +114,7 @@ def validate_body(model: type[M], data: Any) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         errors = [
-            {"field": ".".join(str(p) for p in e["loc"]) or None, "message": e["msg"]}
-            for e in exc.errors()
+            {"field": ".".join(str(p) for p in e["loc"]) or None, "message": e["msg"]} for e in exc.errors()
         ]
         first = errors[0]
         raise InvalidRequest(f"{first['field']}: {first['message']}", {"errors": errors}) from None

@@ -19,14 +19,20 @@ log = logging.getLogger("campaigns.api")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 HTTP_CODES = {
-    400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 409: "conflict", 422: "validation_error",
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    422: "validation_error",
     429: "rate_limit_exceeded",
 }
 
 
-def error_response(status: int, code: str, message: str, details: Any = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """The SPEC error body with the current request id."""
     rid = request_id_var.get() or new_request_id()
     out_headers = {"X-Request-ID": rid, **(headers or {})}
@@ -76,17 +82,19 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, "invalid_request", "request parameters are invalid",
-                              _validation_details(exc))
+        return error_response(
+            400, "invalid_request", "request parameters are invalid", _validation_details(exc)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = HTTP_CODES.get(exc.status_code, "internal_error" if exc.status_code >= 500
-                              else "invalid_request")
-        message = {404: "no such route", 405: "method not allowed"}.get(
-            exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, code, message, None,
-                              dict(exc.headers) if exc.headers else None)
+        code = HTTP_CODES.get(
+            exc.status_code, "internal_error" if exc.status_code >= 500 else "invalid_request"
+        )
+        message = {404: "no such route", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        return error_response(
+            exc.status_code, code, message, None, dict(exc.headers) if exc.headers else None
+        )
 
     @app.exception_handler(Exception)
     async def unhandled(_request: Request, exc: Exception) -> JSONResponse:

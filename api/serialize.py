@@ -83,5 +83,10 @@ def list_out(lst: ContactList, count: int) -> dict[str, Any]:
 
 def sender_out(s: SenderId) -> dict[str, Any]:
     """A sender ID."""
-    return {"id": s.id, "value": s.value, "channel": s.channel, "status": s.status,
-            "created_at": iso_z(s.created_at)}
+    return {
+        "id": s.id,
+        "value": s.value,
+        "channel": s.channel,
+        "status": s.status,
+        "created_at": iso_z(s.created_at),
+    }

@@ -58,8 +58,7 @@ class SendError(Exception):
 class TransientSendError(SendError):
     """Worth retrying later; `retry_after` (seconds) when the provider said how long to wait."""
 
-    def __init__(self, message: str, *, code: str | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
 

@@ -61,6 +61,10 @@ class SandboxChannel:
             if age < self.settings.delivery_delay_s:
                 return None
         if _fraction("deliver:" + provider_message_id) < self.settings.undelivered_rate:
-            return StatusUpdate(provider_message_id, "undelivered", "sandbox_undelivered",
-                                "sandbox: handset unreachable (simulated)")
+            return StatusUpdate(
+                provider_message_id,
+                "undelivered",
+                "sandbox_undelivered",
+                "sandbox: handset unreachable (simulated)",
+            )
         return StatusUpdate(provider_message_id, "delivered")

@@ -45,7 +45,9 @@ class Recipient:
 def _member_filter(account_id: str, list_id: str) -> Any:
     return and_(
         col(Contact.account_id) == account_id,
-        col(Contact.id).in_(select(ListMembership.contact_id).where(col(ListMembership.list_id) == list_id)),
+        col(Contact.id).in_(
+            select(col(ListMembership.contact_id)).where(col(ListMembership.list_id) == list_id)
+        ),
     )
 
 
@@ -58,7 +60,14 @@ def iter_recipients(session: Session, *, account_id: str, list_id: str, channel:
     """Stream the reachable contacts in a stable order (oldest contact first)."""
     address = ADDRESS_COLUMN[channel]
     query = (
-        select(Contact.id, address, Contact.name, Contact.phone, Contact.email, Contact.attributes)
+        select(
+            col(Contact.id),
+            address,
+            col(Contact.name),
+            col(Contact.phone),
+            col(Contact.email),
+            col(Contact.attributes),
+        )
         .where(_member_filter(account_id, list_id), _reachable(channel))
         .order_by(col(Contact.created_at), col(Contact.id))
         .execution_options(yield_per=BATCH)
@@ -81,13 +90,15 @@ def estimate(session: Session, *, account_id: str, list_id: str, channel: str, b
         select(func.count()).select_from(Contact).where(_member_filter(account_id, list_id))
     ).scalar_one()
     if channel == "sms" and body is not None and "{{" in body:
-        count = cost = 0
-        for recipient in iter_recipients(session, account_id=account_id, list_id=list_id, channel=channel):
-            count += 1
-            cost += per_message_cost(channel, body, recipient)
+        costs = [
+            per_message_cost(channel, body, recipient)
+            for recipient in iter_recipients(session, account_id=account_id, list_id=list_id, channel=channel)
+        ]
+        count, cost = len(costs), sum(costs)
     else:
         count = session.execute(
-            select(func.count()).select_from(Contact)
+            select(func.count())
+            .select_from(Contact)
             .where(_member_filter(account_id, list_id), _reachable(channel))
         ).scalar_one()
         cost = count * message_cost(channel, body) if channel == "sms" else count
@@ -107,11 +118,19 @@ def snapshot(
     table = Message.__table__  # type: ignore[attr-defined]
     for recipient in iter_recipients(session, account_id=account_id, list_id=list_id, channel=channel):
         price = per_message_cost(channel, body, recipient)
-        rows.append({
-            "id": new_id("msg"), "campaign_id": campaign_id, "contact_id": recipient.contact_id,
-            "seq": count, "to_address": recipient.address, "status": "pending", "cost": price,
-            "attempts": 0, "updated_at": now,
-        })
+        rows.append(
+            {
+                "id": new_id("msg"),
+                "campaign_id": campaign_id,
+                "contact_id": recipient.contact_id,
+                "seq": count,
+                "to_address": recipient.address,
+                "status": "pending",
+                "cost": price,
+                "attempts": 0,
+                "updated_at": now,
+            }
+        )
         count += 1
         cost += price
         if len(rows) >= BATCH:

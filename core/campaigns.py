@@ -19,8 +19,12 @@ from models import Campaign, CampaignStatus, Message, MessageStatus, SenderIdSta
 from models.enums import FINAL_CAMPAIGN_STATUSES
 from models.schemas import CampaignCreate
 
-OPEN_STATUSES = (CampaignStatus.draft, CampaignStatus.scheduled,
-                 CampaignStatus.processing, CampaignStatus.sent)
+OPEN_STATUSES = (
+    CampaignStatus.draft,
+    CampaignStatus.scheduled,
+    CampaignStatus.processing,
+    CampaignStatus.sent,
+)
 # A scheduled time this close to now counts as "now", not as the past (client clock skew).
 PAST_TOLERANCE = timedelta(seconds=5)
 
@@ -40,8 +44,7 @@ def validate_content(data: CampaignCreate) -> None:
     if data.body is None and data.template is None:
         raise ValidationFailed("either body or template is required", {"field": "body"})
     if data.template is not None and channel != "whatsapp":
-        raise ValidationFailed("template is only supported on the whatsapp channel",
-                               {"field": "template"})
+        raise ValidationFailed("template is only supported on the whatsapp channel", {"field": "template"})
     if data.scheduled_at is not None and as_utc(data.scheduled_at) < utcnow() - PAST_TOLERANCE:
         raise ValidationFailed("scheduled_at is in the past", {"field": "scheduled_at"})
     if data.body is not None:
@@ -65,9 +68,7 @@ def create_campaign(session: Session, *, account_id: str, data: CampaignCreate) 
     """Validate, price and hold credits for a new campaign, all in the caller's transaction."""
     channel = data.channel.value
     contacts.get_list(session, account_id=account_id, list_id=data.contact_list_id)
-    sender = sender_ids.find_for_campaign(
-        session, account_id=account_id, channel=channel, ref=data.sender_id
-    )
+    sender = sender_ids.find_for_campaign(session, account_id=account_id, channel=channel, ref=data.sender_id)
     if sender is None or sender.status != SenderIdStatus.approved:
         state = "not registered" if sender is None else f"{sender.status}, not approved"
         raise ValidationFailed(
@@ -76,7 +77,10 @@ def create_campaign(session: Session, *, account_id: str, data: CampaignCreate) 
         )
     validate_content(data)
     audience_now = audience.estimate(
-        session, account_id=account_id, list_id=data.contact_list_id, channel=channel,
+        session,
+        account_id=account_id,
+        list_id=data.contact_list_id,
+        channel=channel,
         body=data.body,
     )
     now = utcnow()
@@ -122,8 +126,13 @@ def load(session: Session, campaign_id: str) -> Campaign:
 
 
 def list_campaigns(
-    session: Session, *, account_id: str, page: int, per_page: int,
-    status: str | None = None, channel: str | None = None,
+    session: Session,
+    *,
+    account_id: str,
+    page: int,
+    per_page: int,
+    status: str | None = None,
+    channel: str | None = None,
 ) -> tuple[list[Campaign], int]:
     """A page of campaigns, newest first, optionally filtered."""
     filters = [col(Campaign.account_id) == account_id]
@@ -132,9 +141,11 @@ def list_campaigns(
     if channel:
         filters.append(col(Campaign.channel) == channel)
     rows = session.exec(
-        select(Campaign).where(*filters)
+        select(Campaign)
+        .where(*filters)
         .order_by(col(Campaign.created_at).desc(), col(Campaign.id).desc())
-        .offset((page - 1) * per_page).limit(per_page)
+        .offset((page - 1) * per_page)
+        .limit(per_page)
     ).all()
     total = session.exec(select(func.count()).select_from(Campaign).where(*filters)).one()
     return list(rows), int(total)
@@ -155,8 +166,13 @@ def message_counts(session: Session, campaign_ids: Sequence[str]) -> dict[str, d
 
 
 def list_messages(
-    session: Session, *, account_id: str, campaign_id: str, status: str | None,
-    page: int, per_page: int,
+    session: Session,
+    *,
+    account_id: str,
+    campaign_id: str,
+    status: str | None,
+    page: int,
+    per_page: int,
 ) -> tuple[list[Message], int]:
     """A page of a campaign's per-recipient records, newest first."""
     get_campaign(session, account_id=account_id, campaign_id=campaign_id)
@@ -164,8 +180,11 @@ def list_messages(
     if status:
         filters.append(col(Message.status) == status)
     rows = session.exec(
-        select(Message).where(*filters).order_by(col(Message.seq).desc())
-        .offset((page - 1) * per_page).limit(per_page)
+        select(Message)
+        .where(*filters)
+        .order_by(col(Message.seq).desc())
+        .offset((page - 1) * per_page)
+        .limit(per_page)
     ).all()
     total = session.exec(select(func.count()).select_from(Message).where(*filters)).one()
     return list(rows), int(total)
@@ -185,10 +204,13 @@ def cancel_campaign(session: Session, *, account_id: str, campaign_id: str) -> C
     a running one is settled by its flow run or the reconciler once sending has stopped."""
     campaign = get_campaign(session, account_id=account_id, campaign_id=campaign_id)
     previous = campaign.status
-    if not _transition(session, campaign_id, OPEN_STATUSES,
-                       status=CampaignStatus.cancelled, cancelled_at=utcnow()):
-        raise Conflict(f"campaign {campaign_id} is {campaign.status} and cannot be cancelled",
-                       {"status": campaign.status})
+    if not _transition(
+        session, campaign_id, OPEN_STATUSES, status=CampaignStatus.cancelled, cancelled_at=utcnow()
+    ):
+        raise Conflict(
+            f"campaign {campaign_id} is {campaign.status} and cannot be cancelled",
+            {"status": campaign.status},
+        )
     if previous in (CampaignStatus.draft, CampaignStatus.scheduled):
         finalize_stopped(session, campaign_id=campaign_id, pending_code="cancelled")
     return get_campaign(session, account_id=account_id, campaign_id=campaign_id)
@@ -201,17 +223,23 @@ def finalize_stopped(session: Session, *, campaign_id: str, pending_code: str | 
     session.execute(
         update(Message)
         .where(col(Message.campaign_id) == campaign_id, col(Message.status) == MessageStatus.sending)
-        .values(status=MessageStatus.failed, error_code="outcome_unknown",
-                error_message="the run stopped while this message was in flight; not resent",
-                updated_at=now)
+        .values(
+            status=MessageStatus.failed,
+            error_code="outcome_unknown",
+            error_message="the run stopped while this message was in flight; not resent",
+            updated_at=now,
+        )
     )
     if pending_code is not None:
         session.execute(
             update(Message)
-            .where(col(Message.campaign_id) == campaign_id,
-                   col(Message.status) == MessageStatus.pending)
-            .values(status=MessageStatus.failed, error_code=pending_code,
-                    error_message=f"not sent: campaign {pending_code}", updated_at=now)
+            .where(col(Message.campaign_id) == campaign_id, col(Message.status) == MessageStatus.pending)
+            .values(
+                status=MessageStatus.failed,
+                error_code=pending_code,
+                error_message=f"not sent: campaign {pending_code}",
+                updated_at=now,
+            )
         )
     credits.settle(session, campaign_id=campaign_id)
 
@@ -230,8 +258,13 @@ def start_run(session: Session, *, campaign_id: str, flow_run_id: str | None) ->
     if _transition(session, campaign_id, (CampaignStatus.draft, CampaignStatus.scheduled), **values):
         return CampaignStatus.processing
     if campaign.status == CampaignStatus.failed and _transition(
-        session, campaign_id, (CampaignStatus.failed,), **values, failure_reason=None,
-        settled_at=None, completed_at=None,
+        session,
+        campaign_id,
+        (CampaignStatus.failed,),
+        **values,
+        failure_reason=None,
+        settled_at=None,
+        completed_at=None,
     ):
         return CampaignStatus.processing
     return campaign.status
@@ -239,8 +272,7 @@ def start_run(session: Session, *, campaign_id: str, flow_run_id: str | None) ->
 
 def record_flow_run(session: Session, *, campaign_id: str, flow_run_id: str) -> None:
     """Remember which flow run carries a campaign."""
-    session.execute(update(Campaign).where(col(Campaign.id) == campaign_id)
-                    .values(flow_run_id=flow_run_id))
+    session.execute(update(Campaign).where(col(Campaign.id) == campaign_id).values(flow_run_id=flow_run_id))
 
 
 def release_for_resume(session: Session, *, campaign_id: str, flow_run_id: str) -> bool:
@@ -248,8 +280,11 @@ def release_for_resume(session: Session, *, campaign_id: str, flow_run_id: str) 
     starts a new run (with a new idempotency key) that resumes it."""
     result = session.execute(
         update(Campaign)
-        .where(col(Campaign.id) == campaign_id, col(Campaign.flow_run_id) == flow_run_id,
-               col(Campaign.status).in_(OPEN_STATUSES))
+        .where(
+            col(Campaign.id) == campaign_id,
+            col(Campaign.flow_run_id) == flow_run_id,
+            col(Campaign.status).in_(OPEN_STATUSES),
+        )
         .values(flow_run_id=None, resume_count=Campaign.resume_count + 1)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
@@ -266,13 +301,17 @@ def take_snapshot(session: Session, *, campaign_id: str) -> Campaign:
     if campaign.snapshot_at is not None:
         return campaign
     result = audience.snapshot(
-        session, campaign_id=campaign.id, account_id=campaign.account_id,
-        list_id=campaign.contact_list_id, channel=campaign.channel, body=campaign.body,
+        session,
+        campaign_id=campaign.id,
+        account_id=campaign.account_id,
+        list_id=campaign.contact_list_id,
+        channel=campaign.channel,
+        body=campaign.body,
     )
     session.execute(
-        update(Campaign).where(col(Campaign.id) == campaign_id)
-        .values(snapshot_at=utcnow(), total_recipients=result.recipients,
-                skipped_count=result.skipped)
+        update(Campaign)
+        .where(col(Campaign.id) == campaign_id)
+        .values(snapshot_at=utcnow(), total_recipients=result.recipients, skipped_count=result.skipped)
     )
     return load(session, campaign_id)
 
@@ -282,29 +321,36 @@ def adjust_hold(session: Session, *, campaign_id: str) -> int:
 
     Raises InsufficientCredits if the snapshot costs more than the account can cover."""
     campaign = load(session, campaign_id)
-    total_cost = int(session.exec(
-        select(func.coalesce(func.sum(Message.cost), 0)).where(Message.campaign_id == campaign_id)
-    ).one())
+    total_cost = int(
+        session.exec(
+            select(func.coalesce(func.sum(Message.cost), 0)).where(Message.campaign_id == campaign_id)
+        ).one()
+    )
     target = max(total_cost - campaign.credits_used, 0)
     delta = target - campaign.credits_reserved
     if delta > 0:
         credits.hold(session, account_id=campaign.account_id, campaign_id=campaign_id, amount=delta)
     elif delta < 0:
-        credits.release(session, account_id=campaign.account_id, campaign_id=campaign_id,
-                        amount=-delta)
+        credits.release(session, account_id=campaign.account_id, campaign_id=campaign_id, amount=-delta)
     return target
 
 
 def mark_dispatched(session: Session, *, campaign_id: str) -> bool:
     """processing → sent: everything handed to the provider, receipts may still arrive."""
-    return _transition(session, campaign_id, (CampaignStatus.processing,),
-                       status=CampaignStatus.sent, dispatched_at=utcnow())
+    return _transition(
+        session, campaign_id, (CampaignStatus.processing,), status=CampaignStatus.sent, dispatched_at=utcnow()
+    )
 
 
 def complete(session: Session, *, campaign_id: str) -> bool:
     """→ completed (every message final) and settle credits, in one transaction."""
-    done = _transition(session, campaign_id, (CampaignStatus.processing, CampaignStatus.sent),
-                       status=CampaignStatus.completed, completed_at=utcnow())
+    done = _transition(
+        session,
+        campaign_id,
+        (CampaignStatus.processing, CampaignStatus.sent),
+        status=CampaignStatus.completed,
+        completed_at=utcnow(),
+    )
     if done:
         credits.settle(session, campaign_id=campaign_id)
     return done
@@ -314,9 +360,14 @@ def fail(session: Session, *, campaign_id: str, reason: str) -> bool:
     """→ failed with a reason; in-flight messages become outcome_unknown; credits settle.
 
     Pending messages stay pending so a retry of the flow run can resume them."""
-    done = _transition(session, campaign_id, OPEN_STATUSES,
-                       status=CampaignStatus.failed, failure_reason=reason[:2000],
-                       completed_at=utcnow())
+    done = _transition(
+        session,
+        campaign_id,
+        OPEN_STATUSES,
+        status=CampaignStatus.failed,
+        failure_reason=reason[:2000],
+        completed_at=utcnow(),
+    )
     if done:
         finalize_stopped(session, campaign_id=campaign_id, pending_code=None)
     return done

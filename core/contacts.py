@@ -18,9 +18,7 @@ from models.schemas import ContactCreate, ContactUpdate
 
 def _check_fields(phone: str | None, email: str | None) -> None:
     if phone is not None and not is_e164(phone):
-        raise ValidationFailed(
-            "phone must be in E.164 format, e.g. +14155550100", {"field": "phone"}
-        )
+        raise ValidationFailed("phone must be in E.164 format, e.g. +14155550100", {"field": "phone"})
     if email is not None and not is_email(email):
         raise ValidationFailed("email is not a valid address", {"field": "email"})
 
@@ -75,9 +73,7 @@ def create_contact(session: Session, *, account_id: str, data: ContactCreate) ->
             session.add(contact)
             session.flush()
     except IntegrityError:
-        raise Conflict(
-            f"a contact with phone {data.phone} already exists", {"field": "phone"}
-        ) from None
+        raise Conflict(f"a contact with phone {data.phone} already exists", {"field": "phone"}) from None
     for list_id in dict.fromkeys(data.lists):
         _add_memberships(session, list_id, [contact.id])
     session.flush()
@@ -92,9 +88,7 @@ def get_contact(session: Session, *, account_id: str, contact_id: str) -> Contac
     return contact
 
 
-def update_contact(
-    session: Session, *, account_id: str, contact_id: str, data: ContactUpdate
-) -> Contact:
+def update_contact(session: Session, *, account_id: str, contact_id: str, data: ContactUpdate) -> Contact:
     """Apply a partial update; `lists` replaces the contact's memberships."""
     contact = get_contact(session, account_id=account_id, contact_id=contact_id)
     fields = data.model_dump(exclude_unset=True)
@@ -163,7 +157,8 @@ def list_contacts(
         count = count.where(col(Contact.id).in_(member))
     rows = session.exec(
         query.order_by(col(Contact.created_at).desc(), col(Contact.id).desc())
-        .offset((page - 1) * per_page).limit(per_page)
+        .offset((page - 1) * per_page)
+        .limit(per_page)
     ).all()
     return list(rows), int(session.exec(count).one())
 
@@ -194,9 +189,11 @@ def list_lists(
 ) -> tuple[list[ContactList], int]:
     """A page of contact lists, newest first."""
     rows = session.exec(
-        select(ContactList).where(ContactList.account_id == account_id)
+        select(ContactList)
+        .where(ContactList.account_id == account_id)
         .order_by(col(ContactList.created_at).desc(), col(ContactList.id).desc())
-        .offset((page - 1) * per_page).limit(per_page)
+        .offset((page - 1) * per_page)
+        .limit(per_page)
     ).all()
     total = session.exec(
         select(func.count()).select_from(ContactList).where(ContactList.account_id == account_id)

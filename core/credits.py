@@ -28,7 +28,10 @@ class Balance:
 def _entry(session: Session, account_id: str, campaign_id: str | None, kind: str, amount: int) -> None:
     session.add(
         CreditEntry(
-            account_id=account_id, campaign_id=campaign_id, kind=kind, amount=amount,
+            account_id=account_id,
+            campaign_id=campaign_id,
+            kind=kind,
+            amount=amount,
             created_at=utcnow(),
         )
     )
@@ -47,8 +50,7 @@ def add_credits(session: Session, *, account_id: str, amount: int) -> Balance:
     if amount <= 0:
         raise ValidationFailed("credit amount must be a positive integer")
     result = session.execute(
-        update(Account).where(col(Account.id) == account_id)
-        .values(balance=Account.balance + amount)
+        update(Account).where(col(Account.id) == account_id).values(balance=Account.balance + amount)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise NotFound(f"account {account_id} not found")
@@ -63,7 +65,7 @@ def hold(session: Session, *, account_id: str, campaign_id: str, amount: int) ->
         return
     result = session.execute(
         update(Account)
-        .where(col(Account.id) == account_id, Account.balance - Account.reserved >= amount)
+        .where(col(Account.id) == account_id, col(Account.balance) - col(Account.reserved) >= amount)
         .values(reserved=Account.reserved + amount)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -73,7 +75,8 @@ def hold(session: Session, *, account_id: str, campaign_id: str, amount: int) ->
             {"required": amount, "available": bal.available},
         )
     session.execute(
-        update(Campaign).where(col(Campaign.id) == campaign_id)
+        update(Campaign)
+        .where(col(Campaign.id) == campaign_id)
         .values(credits_reserved=Campaign.credits_reserved + amount)
     )
     _entry(session, account_id, campaign_id, CreditKind.hold, amount)
@@ -84,19 +87,18 @@ def release(session: Session, *, account_id: str, campaign_id: str, amount: int)
     if amount <= 0:
         return
     session.execute(
-        update(Account).where(col(Account.id) == account_id)
-        .values(reserved=Account.reserved - amount)
+        update(Account).where(col(Account.id) == account_id).values(reserved=Account.reserved - amount)
     )
     session.execute(
-        update(Campaign).where(col(Campaign.id) == campaign_id)
+        update(Campaign)
+        .where(col(Campaign.id) == campaign_id)
         .values(credits_reserved=Campaign.credits_reserved - amount)
     )
     _entry(session, account_id, campaign_id, CreditKind.release, amount)
 
 
 # Messages that reached the provider, or may have (outcome unknown), are paid for.
-CHARGEABLE = (MessageStatus.sending, MessageStatus.sent, MessageStatus.delivered,
-              MessageStatus.undelivered)
+CHARGEABLE = (MessageStatus.sending, MessageStatus.sent, MessageStatus.delivered, MessageStatus.undelivered)
 
 
 def chargeable_cost(session: Session, campaign_id: str) -> int:
@@ -126,11 +128,13 @@ def settle(session: Session, *, campaign_id: str) -> bool:
     # A reopened (retried) campaign was charged before: charge only what is new.
     charge = min(max(chargeable_cost(session, campaign_id) - campaign.credits_used, 0), reserved)
     session.execute(
-        update(Account).where(col(Account.id) == campaign.account_id)
+        update(Account)
+        .where(col(Account.id) == campaign.account_id)
         .values(balance=Account.balance - charge, reserved=Account.reserved - reserved)
     )
     session.execute(
-        update(Campaign).where(col(Campaign.id) == campaign_id)
+        update(Campaign)
+        .where(col(Campaign.id) == campaign_id)
         .values(credits_used=Campaign.credits_used + charge, credits_reserved=0)
     )
     if charge:

@@ -78,8 +78,14 @@ class CampaignView:
 
     @classmethod
     def of(cls, campaign: Campaign) -> CampaignView:
-        return cls(campaign.id, campaign.channel, campaign.sender_value, campaign.body,
-                   campaign.subject, campaign.template)
+        return cls(
+            campaign.id,
+            campaign.channel,
+            campaign.sender_value,
+            campaign.body,
+            campaign.subject,
+            campaign.template,
+        )
 
 
 def _render_template(template: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
@@ -109,8 +115,16 @@ def build_message(view: CampaignView, row: dict[str, Any]) -> OutboundMessage:
 class ChunkSender:
     """Sends the messages of one seq range [start, end) of a campaign."""
 
-    def __init__(self, *, settings: Settings, engine: Engine, campaign_id: str,
-                 start: int, end: int, channel: Channel | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: Engine,
+        campaign_id: str,
+        start: int,
+        end: int,
+        channel: Channel | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.campaign_id = campaign_id
@@ -134,13 +148,20 @@ class ChunkSender:
         # reached the provider, so they are failed as outcome_unknown rather than resent.
         with session_scope(self.engine) as session:
             result = session.execute(
-                update(Message).where(
+                update(Message)
+                .where(
                     col(Message.campaign_id) == self.campaign_id,
-                    col(Message.seq) >= self.start, col(Message.seq) < self.end,
+                    col(Message.seq) >= self.start,
+                    col(Message.seq) < self.end,
                     col(Message.status) == MessageStatus.sending,
-                ).values(status=MessageStatus.failed, error_code="outcome_unknown",
-                         error_message="a previous attempt died with this message in flight",
-                         claim_token=None, updated_at=utcnow())
+                )
+                .values(
+                    status=MessageStatus.failed,
+                    error_code="outcome_unknown",
+                    error_message="a previous attempt died with this message in flight",
+                    claim_token=None,
+                    updated_at=utcnow(),
+                )
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
 
@@ -149,30 +170,53 @@ class ChunkSender:
         token = secrets.token_hex(8)
         with session_scope(self.engine) as session:
             if campaigns.status_of(session, self.campaign_id) not in (
-                CampaignStatus.processing, CampaignStatus.sent
+                CampaignStatus.processing,
+                CampaignStatus.sent,
             ):
                 return None
             ids = (
-                select(Message.id).where(
+                select(col(Message.id))
+                .where(
                     col(Message.campaign_id) == self.campaign_id,
-                    col(Message.seq) >= self.start, col(Message.seq) < self.end,
+                    col(Message.seq) >= self.start,
+                    col(Message.seq) < self.end,
                     col(Message.status) == MessageStatus.pending,
-                ).order_by(col(Message.seq)).limit(limit)
+                )
+                .order_by(col(Message.seq))
+                .limit(limit)
             )
             if self.engine.dialect.name == "postgresql":
                 ids = ids.with_for_update(skip_locked=True)
             session.execute(
-                update(Message).where(col(Message.id).in_(ids.scalar_subquery()))
-                .values(status=MessageStatus.sending, claim_token=token,
-                        attempts=Message.attempts + 1, updated_at=utcnow())
+                update(Message)
+                .where(col(Message.id).in_(ids.scalar_subquery()))
+                .values(
+                    status=MessageStatus.sending,
+                    claim_token=token,
+                    attempts=Message.attempts + 1,
+                    updated_at=utcnow(),
+                )
                 .execution_options(synchronize_session=False)
             )
-            rows = session.execute(
-                select(Message.id, Message.contact_id, Message.to_address, Contact.name,
-                       Contact.phone, Contact.email, Contact.attributes, Contact.unsubscribed_at)
-                .outerjoin(Contact, col(Contact.id) == col(Message.contact_id))
-                .where(col(Message.claim_token) == token).order_by(col(Message.seq))
-            ).mappings().all()
+            rows = (
+                session.execute(
+                    select(
+                        col(Message.id),
+                        col(Message.contact_id),
+                        col(Message.to_address),
+                        col(Contact.name),
+                        col(Contact.phone),
+                        col(Contact.email),
+                        col(Contact.attributes),
+                        col(Contact.unsubscribed_at),
+                    )
+                    .outerjoin(Contact, col(Contact.id) == col(Message.contact_id))
+                    .where(col(Message.claim_token) == token)
+                    .order_by(col(Message.seq))
+                )
+                .mappings()
+                .all()
+            )
             return [dict(r) for r in rows]
 
     def _write(self, outcomes: list[_Outcome]) -> None:
@@ -181,14 +225,25 @@ class ChunkSender:
         stmt = (
             update(table)
             .where(table.c.id == bindparam("b_id"), table.c.status == MessageStatus.sending)
-            .values(status=bindparam("b_status"), provider_message_id=bindparam("b_pid"),
-                    error_code=bindparam("b_code"), error_message=bindparam("b_msg"),
-                    sent_at=bindparam("b_sent"), updated_at=now, claim_token=None)
+            .values(
+                status=bindparam("b_status"),
+                provider_message_id=bindparam("b_pid"),
+                error_code=bindparam("b_code"),
+                error_message=bindparam("b_msg"),
+                sent_at=bindparam("b_sent"),
+                updated_at=now,
+                claim_token=None,
+            )
         )
         params = [
-            {"b_id": o.message_id, "b_status": o.status, "b_pid": o.provider_message_id,
-             "b_code": o.error_code, "b_msg": o.error_message,
-             "b_sent": now if o.provider_message_id else None}
+            {
+                "b_id": o.message_id,
+                "b_status": o.status,
+                "b_pid": o.provider_message_id,
+                "b_code": o.error_code,
+                "b_msg": o.error_message,
+                "b_sent": now if o.provider_message_id else None,
+            }
             for o in outcomes
         ]
         opted_out = [o.contact_id for o in outcomes if o.opt_out]
@@ -196,8 +251,8 @@ class ChunkSender:
             session.connection().execute(stmt, params)
             if opted_out:
                 session.execute(
-                    update(Contact).where(col(Contact.id).in_(opted_out),
-                                          col(Contact.unsubscribed_at).is_(None))
+                    update(Contact)
+                    .where(col(Contact.id).in_(opted_out), col(Contact.unsubscribed_at).is_(None))
                     .values(unsubscribed_at=now)
                 )
 
@@ -208,8 +263,9 @@ class ChunkSender:
 
     # -- sending --
 
-    async def _send_with_retries(self, channel: Channel, pacer: Pacer,
-                                 message: OutboundMessage) -> SendResult:
+    async def _send_with_retries(
+        self, channel: Channel, pacer: Pacer, message: OutboundMessage
+    ) -> SendResult:
         delivery = self.settings.delivery
         deadline = time.monotonic() + delivery.retry_window_s
         attempt = 0
@@ -227,20 +283,31 @@ class ChunkSender:
                     raise
                 await asyncio.sleep(delay)
 
-    async def _send_one(self, channel: Channel, pacer: Pacer, view: CampaignView,
-                        row: dict[str, Any]) -> None:
+    async def _send_one(
+        self, channel: Channel, pacer: Pacer, view: CampaignView, row: dict[str, Any]
+    ) -> None:
         try:
             if row["unsubscribed_at"] is not None:
                 raise PermanentSendError("contact opted out before sending", code="opted_out")
             result = await self._send_with_retries(channel, pacer, build_message(view, row))
             outcome = _Outcome(row["id"], row["contact_id"], result.status, result.provider_message_id)
         except PermanentSendError as exc:
-            outcome = _Outcome(row["id"], row["contact_id"], MessageStatus.failed,
-                               error_code=exc.code, error_message=exc.message[:1000], opt_out=exc.opt_out)
+            outcome = _Outcome(
+                row["id"],
+                row["contact_id"],
+                MessageStatus.failed,
+                error_code=exc.code,
+                error_message=exc.message[:1000],
+                opt_out=exc.opt_out,
+            )
         except TransientSendError as exc:
-            outcome = _Outcome(row["id"], row["contact_id"], MessageStatus.failed,
-                               error_code=exc.code or "retry_window_exceeded",
-                               error_message=f"gave up after the retry window: {exc.message}"[:1000])
+            outcome = _Outcome(
+                row["id"],
+                row["contact_id"],
+                MessageStatus.failed,
+                error_code=exc.code or "retry_window_exceeded",
+                error_message=f"gave up after the retry window: {exc.message}"[:1000],
+            )
         finally:
             pacer.semaphore.release()
         self._count(outcome)
@@ -266,7 +333,8 @@ class ChunkSender:
         channel = self.channel or build_channel(view.channel, self.settings)
         config = self.settings.channel(view.channel)
         pacer = pacer_for(
-            view.channel, view.sender,
+            view.channel,
+            view.sender,
             config.rate_per_second if config.rate_per_second is not None else channel.default_rate_per_second,
             config.concurrency or channel.default_concurrency,
         )
@@ -298,9 +366,17 @@ class ChunkSender:
         return self.report
 
 
-async def send_chunk(*, settings: Settings, engine: Engine, campaign_id: str, start: int,
-                     end: int, channel: Channel | None = None) -> ChunkReport:
+async def send_chunk(
+    *,
+    settings: Settings,
+    engine: Engine,
+    campaign_id: str,
+    start: int,
+    end: int,
+    channel: Channel | None = None,
+) -> ChunkReport:
     """Send the pending messages with seq in [start, end) of a campaign."""
-    sender = ChunkSender(settings=settings, engine=engine, campaign_id=campaign_id,
-                         start=start, end=end, channel=channel)
+    sender = ChunkSender(
+        settings=settings, engine=engine, campaign_id=campaign_id, start=start, end=end, channel=channel
+    )
     return await sender.run()

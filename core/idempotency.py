@@ -33,18 +33,28 @@ def find(session: Session, *, account_id: str, key: str, digest: str) -> Idempot
         session.flush()
         return None
     if record.request_hash != digest:
-        raise Conflict("Idempotency-Key was already used with a different request",
-                       {"idempotency_key": key})
+        raise Conflict("Idempotency-Key was already used with a different request", {"idempotency_key": key})
     return record
 
 
-def store(session: Session, *, account_id: str, key: str, digest: str, status_code: int,
-          response: dict[str, Any]) -> None:
+def store(
+    session: Session, *, account_id: str, key: str, digest: str, status_code: int, response: dict[str, Any]
+) -> None:
     """Remember a response for this key (in the same transaction as the create)."""
-    session.execute(delete(IdempotencyRecord).where(
-        col(IdempotencyRecord.created_at) < utcnow() - TTL,
-        col(IdempotencyRecord.account_id) == account_id,
-    ))
-    session.add(IdempotencyRecord(account_id=account_id, key=key, request_hash=digest,
-                                  status_code=status_code, response=response, created_at=utcnow()))
+    session.execute(
+        delete(IdempotencyRecord).where(
+            col(IdempotencyRecord.created_at) < utcnow() - TTL,
+            col(IdempotencyRecord.account_id) == account_id,
+        )
+    )
+    session.add(
+        IdempotencyRecord(
+            account_id=account_id,
+            key=key,
+            request_hash=digest,
+            status_code=status_code,
+            response=response,
+            created_at=utcnow(),
+        )
+    )
     session.flush()

@@ -9,8 +9,15 @@ from typing import Protocol
 class Launcher(Protocol):
     """Starts and cancels the flow run that carries a campaign."""
 
-    async def launch(self, *, campaign_id: str, account_id: str, channel: str,
-                     scheduled_at: datetime | None, key: str | None = None) -> str:
+    async def launch(
+        self,
+        *,
+        campaign_id: str,
+        account_id: str,
+        channel: str,
+        scheduled_at: datetime | None,
+        key: str | None = None,
+    ) -> str:
         """Create (idempotently, keyed by campaign id) the campaign's flow run; returns its id."""
         ...
 
@@ -26,8 +33,15 @@ class Launcher(Protocol):
 class NullLauncher:
     """A launcher that launches nothing (API-only use without an orchestrator)."""
 
-    async def launch(self, *, campaign_id: str, account_id: str, channel: str,
-                     scheduled_at: datetime | None, key: str | None = None) -> str:
+    async def launch(
+        self,
+        *,
+        campaign_id: str,
+        account_id: str,
+        channel: str,
+        scheduled_at: datetime | None,
+        key: str | None = None,
+    ) -> str:
         raise RuntimeError("no orchestrator configured")
 
     async def cancel(self, *, flow_run_id: str) -> None:

@@ -28,14 +28,12 @@ def placeholders(text: str) -> list[str]:
 def check_placeholders(text: str) -> None:
     """Raise ValidationFailed on a placeholder this service cannot fill."""
     unknown = [
-        name for name in placeholders(text)
-        if name not in SIMPLE_FIELDS and not ATTRIBUTE_KEY.match(name)
+        name for name in placeholders(text) if name not in SIMPLE_FIELDS and not ATTRIBUTE_KEY.match(name)
     ]
     if unknown:
         raise ValidationFailed(
             f"unknown placeholder {{{{{unknown[0]}}}}}",
-            {"unknown_placeholders": unknown,
-             "allowed": [*sorted(SIMPLE_FIELDS), "attributes.KEY"]},
+            {"unknown_placeholders": unknown, "allowed": [*sorted(SIMPLE_FIELDS), "attributes.KEY"]},
         )
 
 

@@ -46,9 +46,7 @@ def set_status(session: Session, *, sender_id: str, status: SenderIdStatus) -> S
     return sender
 
 
-def find_for_campaign(
-    session: Session, *, account_id: str, channel: str, ref: str
-) -> SenderId | None:
+def find_for_campaign(session: Session, *, account_id: str, channel: str, ref: str) -> SenderId | None:
     """The account's sender ID for `channel` matching an id (`sid_…`) or a value."""
     return session.exec(
         select(SenderId).where(
@@ -64,9 +62,11 @@ def list_sender_ids(
 ) -> tuple[list[SenderId], int]:
     """A page of the account's sender IDs, newest first."""
     rows = session.exec(
-        select(SenderId).where(SenderId.account_id == account_id)
+        select(SenderId)
+        .where(SenderId.account_id == account_id)
         .order_by(col(SenderId.created_at).desc(), col(SenderId.id).desc())
-        .offset((page - 1) * per_page).limit(per_page)
+        .offset((page - 1) * per_page)
+        .limit(per_page)
     ).all()
     total = session.exec(
         select(func.count()).select_from(SenderId).where(SenderId.account_id == account_id)

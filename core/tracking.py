@@ -38,11 +38,17 @@ def apply_updates(session: Session, updates: Sequence[StatusUpdate]) -> int:
     for status, params in by_status.items():
         stmt = (
             update(table)
-            .where(table.c.provider_message_id == bindparam("b_pid"),
-                   # no IN (...): expanding parameters cannot be used with executemany
-                   or_(*(table.c.status == s for s in _lower_statuses(status))))
-            .values(status=status, error_code=bindparam("b_code"),
-                    error_message=bindparam("b_msg"), updated_at=now)
+            .where(
+                table.c.provider_message_id == bindparam("b_pid"),
+                # no IN (...): expanding parameters cannot be used with executemany
+                or_(*(table.c.status == s for s in _lower_statuses(status))),
+            )
+            .values(
+                status=status,
+                error_code=bindparam("b_code"),
+                error_message=bindparam("b_msg"),
+                updated_at=now,
+            )
         )
         result = session.connection().execute(stmt, params)
         changed += max(int(result.rowcount), 0)
@@ -51,12 +57,16 @@ def apply_updates(session: Session, updates: Sequence[StatusUpdate]) -> int:
 
 def nonfinal_count(session: Session, campaign_id: str) -> int:
     """Messages of a campaign not yet in a final status."""
-    return int(session.execute(
-        select(func.count()).select_from(Message).where(
-            col(Message.campaign_id) == campaign_id,
-            col(Message.status).in_([MessageStatus.pending, MessageStatus.sending, MessageStatus.sent]),
-        )
-    ).scalar_one())
+    return int(
+        session.execute(
+            select(func.count())
+            .select_from(Message)
+            .where(
+                col(Message.campaign_id) == campaign_id,
+                col(Message.status).in_([MessageStatus.pending, MessageStatus.sending, MessageStatus.sent]),
+            )
+        ).scalar_one()
+    )
 
 
 async def poll_once(engine: Engine, channel: Channel, campaign_id: str) -> int:
@@ -69,12 +79,18 @@ async def poll_once(engine: Engine, channel: Channel, campaign_id: str) -> int:
 
     def _page(after: int) -> list[Any]:
         with session_scope(engine) as session:
-            return list(session.execute(
-                select(Message.seq, Message.provider_message_id, Message.sent_at).where(
-                    col(Message.campaign_id) == campaign_id,
-                    col(Message.status) == MessageStatus.sent, col(Message.seq) > after,
-                ).order_by(col(Message.seq)).limit(POLL_BATCH)
-            ).all())
+            return list(
+                session.execute(
+                    select(col(Message.seq), col(Message.provider_message_id), col(Message.sent_at))
+                    .where(
+                        col(Message.campaign_id) == campaign_id,
+                        col(Message.status) == MessageStatus.sent,
+                        col(Message.seq) > after,
+                    )
+                    .order_by(col(Message.seq))
+                    .limit(POLL_BATCH)
+                ).all()
+            )
 
     async def _one(pid: str, sent_at: Any) -> StatusUpdate | None:
         async with semaphore:
@@ -98,11 +114,16 @@ async def poll_once(engine: Engine, channel: Channel, campaign_id: str) -> int:
 def expire(session: Session, *, campaign_id: str) -> int:
     """Fail what is still not final after the receipt timeout (error_code status_timeout)."""
     result = session.execute(
-        update(Message).where(
+        update(Message)
+        .where(
             col(Message.campaign_id) == campaign_id,
             col(Message.status) == MessageStatus.sent,
-        ).values(status=MessageStatus.failed, error_code="status_timeout",
-                 error_message="no final status from the provider before the timeout",
-                 updated_at=utcnow())
+        )
+        .values(
+            status=MessageStatus.failed,
+            error_code="status_timeout",
+            error_message="no final status from the provider before the timeout",
+            updated_at=utcnow(),
+        )
     )
     return int(result.rowcount)  # type: ignore[attr-defined]

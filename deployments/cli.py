@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -30,24 +31,31 @@ def _with_db(settings: Settings, fn: Callable[[Any], Any]) -> Any:
 
 # -- admin commands --
 
+
 def cmd_accounts_create(args: argparse.Namespace, settings: Settings) -> int:
     from core import accounts
 
-    new = _with_db(settings, lambda s: accounts.create_account(s, name=args.name,
-                                                               credits_amount=args.credits))
-    _print(args, {"account_id": new.account_id, "api_key": new.api_key},
-           f"account_id: {new.account_id}\napi_key:    {new.api_key}\n"
-           "(the key is shown once; store it now)")
+    new = _with_db(
+        settings, lambda s: accounts.create_account(s, name=args.name, credits_amount=args.credits)
+    )
+    _print(
+        args,
+        {"account_id": new.account_id, "api_key": new.api_key},
+        f"account_id: {new.account_id}\napi_key:    {new.api_key}\n(the key is shown once; store it now)",
+    )
     return 0
 
 
 def cmd_credits_add(args: argparse.Namespace, settings: Settings) -> int:
     from core import credits
 
-    bal = _with_db(settings, lambda s: credits.add_credits(s, account_id=args.account_id,
-                                                           amount=args.amount))
-    data = {"account_id": args.account_id, "balance": bal.balance, "reserved": bal.reserved,
-            "available": bal.available}
+    bal = _with_db(settings, lambda s: credits.add_credits(s, account_id=args.account_id, amount=args.amount))
+    data = {
+        "account_id": args.account_id,
+        "balance": bal.balance,
+        "reserved": bal.reserved,
+        "available": bal.available,
+    }
     _print(args, data, f"balance {bal.balance}, reserved {bal.reserved}, available {bal.available}")
     return 0
 
@@ -59,12 +67,16 @@ def cmd_sender_ids_add(args: argparse.Namespace, settings: Settings) -> int:
     def _add(session: Any) -> Any:
         if accounts.get_account(session, args.account_id) is None:
             raise NotFound(f"account {args.account_id} not found")
-        return sender_ids.register(session, account_id=args.account_id, channel=args.channel,
-                                   value=args.value, approved=args.approved)
+        return sender_ids.register(
+            session,
+            account_id=args.account_id,
+            channel=args.channel,
+            value=args.value,
+            approved=args.approved,
+        )
 
     sender = _with_db(settings, _add)
-    data = {"id": sender.id, "value": sender.value, "channel": sender.channel,
-            "status": sender.status}
+    data = {"id": sender.id, "value": sender.value, "channel": sender.channel, "status": sender.status}
     _print(args, data, f"{sender.id} {sender.channel} {sender.value!r}: {sender.status}")
     return 0
 
@@ -74,10 +86,11 @@ def _set_sender_status(status: str) -> Callable[[argparse.Namespace, Settings], 
         from core import sender_ids
         from models import SenderIdStatus
 
-        sender = _with_db(settings, lambda s: sender_ids.set_status(
-            s, sender_id=args.sender_id, status=SenderIdStatus(status)))
-        data = {"id": sender.id, "value": sender.value, "channel": sender.channel,
-                "status": sender.status}
+        sender = _with_db(
+            settings,
+            lambda s: sender_ids.set_status(s, sender_id=args.sender_id, status=SenderIdStatus(status)),
+        )
+        data = {"id": sender.id, "value": sender.value, "channel": sender.channel, "status": sender.status}
         _print(args, data, f"{sender.id} {sender.channel} {sender.value!r}: {sender.status}")
         return 0
 
@@ -92,13 +105,12 @@ def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
 
 # -- processes --
 
+
 def cmd_worker(_args: argparse.Namespace, settings: Settings) -> int:
     from deployments.worker import run_worker
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_worker(settings))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -114,8 +126,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     migrate(settings)
-    uvicorn.run(build_api(settings), host=args.host, port=args.port, log_level="warning",
-                access_log=False)
+    uvicorn.run(build_api(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 
 
@@ -214,8 +225,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `campaigns` console script."""
-    logging.basicConfig(level=os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args, get_settings()))

@@ -36,12 +36,16 @@ class ReconcileReport:
 
 
 def _open_campaigns(session: Session) -> list[Campaign]:
-    return list(session.exec(
-        select(Campaign).where(
-            col(Campaign.status).in_(campaigns.OPEN_STATUSES)
-            | ((col(Campaign.status) == CampaignStatus.cancelled) & col(Campaign.settled_at).is_(None))
-        ).limit(5000)
-    ).all())
+    return list(
+        session.exec(
+            select(Campaign)
+            .where(
+                col(Campaign.status).in_(campaigns.OPEN_STATUSES)
+                | ((col(Campaign.status) == CampaignStatus.cancelled) & col(Campaign.settled_at).is_(None))
+            )
+            .limit(5000)
+        ).all()
+    )
 
 
 async def _flow_run_states(ids: list[str]) -> dict[str, Any]:
@@ -51,9 +55,8 @@ async def _flow_run_states(ids: list[str]) -> dict[str, Any]:
     states: dict[str, Any] = {}
     async with get_client() as client:
         for start in range(0, len(ids), 200):
-            batch = [uuid.UUID(i) for i in ids[start:start + 200]]
-            runs = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=batch)))
+            batch = [uuid.UUID(i) for i in ids[start : start + 200]]
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=batch)))
             states.update({str(run.id): run.state for run in runs})
     return states
 
@@ -70,18 +73,25 @@ async def reconcile_once(settings: Settings, launcher: Launcher) -> ReconcileRep
     rows: list[Campaign] = await asyncio.to_thread(_tx, _open_campaigns)
     now = utcnow()
     for campaign in rows:
-        if (campaign.flow_run_id is None and campaign.status in campaigns.OPEN_STATUSES
-                and as_utc(campaign.created_at) < now - LAUNCH_GRACE):
+        if (
+            campaign.flow_run_id is None
+            and campaign.status in campaigns.OPEN_STATUSES
+            and as_utc(campaign.created_at) < now - LAUNCH_GRACE
+        ):
             try:
                 run_id = await launcher.launch(
-                    campaign_id=campaign.id, account_id=campaign.account_id,
-                    channel=campaign.channel, scheduled_at=campaign.scheduled_at,
-                    key=campaigns.launch_key(campaign))
+                    campaign_id=campaign.id,
+                    account_id=campaign.account_id,
+                    channel=campaign.channel,
+                    scheduled_at=campaign.scheduled_at,
+                    key=campaigns.launch_key(campaign),
+                )
             except Exception as exc:
                 log.warning("could not launch %s yet: %s", campaign.id, exc)
                 continue
-            await asyncio.to_thread(_tx, campaigns.record_flow_run, campaign_id=campaign.id,
-                                    flow_run_id=run_id)
+            await asyncio.to_thread(
+                _tx, campaigns.record_flow_run, campaign_id=campaign.id, flow_run_id=run_id
+            )
             report.launched.append(campaign.id)
 
     tracked = [c for c in rows if c.flow_run_id]
@@ -93,8 +103,9 @@ async def reconcile_once(settings: Settings, launcher: Launcher) -> ReconcileRep
         await _apply(campaign, state, _tx, report)
     for campaign in rows:
         if campaign.status == CampaignStatus.cancelled and campaign.flow_run_id is None:
-            await asyncio.to_thread(_tx, campaigns.finalize_stopped, campaign_id=campaign.id,
-                                    pending_code="cancelled")
+            await asyncio.to_thread(
+                _tx, campaigns.finalize_stopped, campaign_id=campaign.id, pending_code="cancelled"
+            )
             report.settled.append(campaign.id)
     return report
 
@@ -104,33 +115,46 @@ async def _apply(campaign: Campaign, state: Any, _tx: Any, report: ReconcileRepo
     if kind in ("FAILED", "CRASHED"):
         reason = f"{state.name}: {state.message or 'flow run ended'}"
         if campaign.status in campaigns.OPEN_STATUSES and await asyncio.to_thread(
-                _tx, campaigns.fail, campaign_id=campaign.id, reason=reason):
+            _tx, campaigns.fail, campaign_id=campaign.id, reason=reason
+        ):
             report.failed.append(campaign.id)
         elif campaign.status == CampaignStatus.cancelled:
-            await asyncio.to_thread(_tx, campaigns.finalize_stopped, campaign_id=campaign.id,
-                                    pending_code="cancelled")
+            await asyncio.to_thread(
+                _tx, campaigns.finalize_stopped, campaign_id=campaign.id, pending_code="cancelled"
+            )
             report.settled.append(campaign.id)
     elif kind == "CANCELLED":
         if "shutting down" in str(state.message or "").lower() and campaign.status in campaigns.OPEN_STATUSES:
-            await asyncio.to_thread(_tx, campaigns.release_for_resume, campaign_id=campaign.id,
-                                    flow_run_id=str(campaign.flow_run_id))
+            await asyncio.to_thread(
+                _tx,
+                campaigns.release_for_resume,
+                campaign_id=campaign.id,
+                flow_run_id=str(campaign.flow_run_id),
+            )
             return
         if campaign.status in campaigns.OPEN_STATUSES:
-            await asyncio.to_thread(_tx, campaigns.cancel_campaign, account_id=campaign.account_id,
-                                    campaign_id=campaign.id)
+            await asyncio.to_thread(
+                _tx, campaigns.cancel_campaign, account_id=campaign.account_id, campaign_id=campaign.id
+            )
             report.cancelled.append(campaign.id)
-        await asyncio.to_thread(_tx, campaigns.finalize_stopped, campaign_id=campaign.id,
-                                pending_code="cancelled")
+        await asyncio.to_thread(
+            _tx, campaigns.finalize_stopped, campaign_id=campaign.id, pending_code="cancelled"
+        )
         report.settled.append(campaign.id)
     elif kind == "COMPLETED":
         if campaign.status in (CampaignStatus.processing, CampaignStatus.sent):
             # The run ended without completing the campaign (it must not, but never hang).
-            if await asyncio.to_thread(_tx, campaigns.fail, campaign_id=campaign.id,
-                                       reason="flow run completed before the campaign did"):
+            if await asyncio.to_thread(
+                _tx,
+                campaigns.fail,
+                campaign_id=campaign.id,
+                reason="flow run completed before the campaign did",
+            ):
                 report.failed.append(campaign.id)
         elif campaign.status == CampaignStatus.cancelled:
-            await asyncio.to_thread(_tx, campaigns.finalize_stopped, campaign_id=campaign.id,
-                                    pending_code="cancelled")
+            await asyncio.to_thread(
+                _tx, campaigns.finalize_stopped, campaign_id=campaign.id, pending_code="cancelled"
+            )
             report.settled.append(campaign.id)
 
 

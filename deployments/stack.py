@@ -96,8 +96,13 @@ class Stack:
         out: Any = None
         if self.quiet:
             out = (self.logs / f"{name}.log").open("ab")
-        proc = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            args,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            preexec_fn=_die_with_parent,
+        )
         self.children.append((name, proc))
         return proc
 
@@ -121,8 +126,10 @@ class Stack:
         self.env["PREFECT_HOME"] = str(home)
         self.env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         self.env.setdefault("PREFECT_UI_API_URL", self.env["PREFECT_API_URL"])
-        self._spawn("prefect-server", [sys.executable, "-m", "prefect", "server", "start",
-                                       "--host", "127.0.0.1", "--port", str(port)])
+        self._spawn(
+            "prefect-server",
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        )
         self.prefect_ui = f"http://127.0.0.1:{port}"
         self.wait_http(f"{self.env['PREFECT_API_URL']}/health", "Prefect server", 120)
 
@@ -130,8 +137,9 @@ class Stack:
         self._spawn("worker", [sys.executable, "-m", "deployments.cli", "worker"])
 
     def start_api(self, host: str, port: int) -> None:
-        self._spawn("api", [sys.executable, "-m", "deployments.cli", "api",
-                            "--host", host, "--port", str(port)])
+        self._spawn(
+            "api", [sys.executable, "-m", "deployments.cli", "api", "--host", host, "--port", str(port)]
+        )
         self.wait_http(f"http://{host}:{port}/healthz", "API", 60)
 
     def wait_http(self, url: str, what: str, timeout: float) -> None:

@@ -23,15 +23,17 @@ async def build_deployments() -> list[object]:
 
     return [
         await send_campaign.ato_deployment(
-            name="default", entrypoint_type=EntrypointType.MODULE_PATH,
+            name="default",
+            entrypoint_type=EntrypointType.MODULE_PATH,
             description="Send one campaign (parameter campaign_id) to its recipients.",
             tags=["campaigns"],
         ),
         await launch_campaign.ato_deployment(
-            name="default", entrypoint_type=EntrypointType.MODULE_PATH,
+            name="default",
+            entrypoint_type=EntrypointType.MODULE_PATH,
             description="Create a campaign from the run form (same fields as POST /v1/campaigns "
-                        "plus account_id) and run it; schedule this deployment for a "
-                        "recurring campaign.",
+            "plus account_id) and run it; schedule this deployment for a "
+            "recurring campaign.",
             tags=["campaigns"],
         ),
     ]
@@ -41,13 +43,15 @@ async def run_worker(settings: Settings) -> None:
     """Register the deployments and execute their runs until SIGTERM/SIGINT."""
     from prefect.runner import Runner
 
+    from deployments.reconciler import reconcile_forever
     from flows.launcher import PrefectLauncher
 
-    from deployments.reconciler import reconcile_forever
-
     migrate(settings)
-    runner = Runner(name=f"campaigns-{socket.gethostname()}-{os.getpid()}",
-                    limit=settings.runner_limit, pause_on_shutdown=False)
+    runner = Runner(
+        name=f"campaigns-{socket.gethostname()}-{os.getpid()}",
+        limit=settings.runner_limit,
+        pause_on_shutdown=False,
+    )
     for deployment in await build_deployments():
         await runner.aadd_deployment(deployment)  # type: ignore[arg-type]
     reconciler = asyncio.create_task(reconcile_forever(settings, PrefectLauncher()))

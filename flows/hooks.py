@@ -9,6 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from prefect import Flow
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import State
+
 from core import campaigns
 from core.db import get_engine, session_scope
 from core.settings import get_settings
@@ -22,7 +26,7 @@ def _campaign_id(flow_run: Any) -> str | None:
     return str(value) if value else None
 
 
-def mark_failed(_flow: Any, flow_run: Any, state: Any) -> None:
+def mark_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     """Failed or Crashed run → campaign failed with the state's message; credits settle."""
     campaign_id = _campaign_id(flow_run)
     if campaign_id is None:
@@ -33,7 +37,7 @@ def mark_failed(_flow: Any, flow_run: Any, state: Any) -> None:
             log.info("campaign %s failed: %s", campaign_id, reason)
 
 
-def mark_cancelled(_flow: Any, flow_run: Any, state: Any) -> None:
+def mark_cancelled(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     """Cancelled from the UI or the API → campaign cancelled; unsent credits released.
 
     A worker shutting down cancels its runs too ("Runner is shutting down."): that campaign is
@@ -44,13 +48,13 @@ def mark_cancelled(_flow: Any, flow_run: Any, state: Any) -> None:
     with session_scope(get_engine(get_settings())) as session:
         status = campaigns.status_of(session, campaign_id)
         if "shutting down" in str(state.message or "").lower() and status in campaigns.OPEN_STATUSES:
-            campaigns.release_for_resume(session, campaign_id=campaign_id,
-                                         flow_run_id=str(flow_run.id))
+            campaigns.release_for_resume(session, campaign_id=campaign_id, flow_run_id=str(flow_run.id))
             log.info("campaign %s handed back for resumption after a worker shutdown", campaign_id)
             return
         if status in campaigns.OPEN_STATUSES:
             campaigns.cancel_campaign(
-                session, account_id=campaigns.load(session, campaign_id).account_id,
+                session,
+                account_id=campaigns.load(session, campaign_id).account_id,
                 campaign_id=campaign_id,
             )
         if campaigns.status_of(session, campaign_id) == CampaignStatus.cancelled:

@@ -47,15 +47,25 @@ async def launch_campaign(
 ) -> str:
     """Create a campaign (validation, pricing and credit hold as in the API) and run it."""
     logger = get_run_logger()
-    data = CampaignCreate.model_validate({
-        "name": name, "channel": channel, "contact_list_id": contact_list_id,
-        "sender_id": sender_id, "body": body, "template": template, "subject": subject,
-        "scheduled_at": scheduled_at,
-    })
+    data = CampaignCreate.model_validate(
+        {
+            "name": name,
+            "channel": channel,
+            "contact_list_id": contact_list_id,
+            "sender_id": sender_id,
+            "body": body,
+            "template": template,
+            "subject": subject,
+            "scheduled_at": scheduled_at,
+        }
+    )
     created = await asyncio.to_thread(_create, account_id, data)
     flow_run_id = await PrefectLauncher().launch(
-        campaign_id=created["id"], account_id=account_id, channel=created["channel"],
-        scheduled_at=created["scheduled_at"], as_subflow=True,
+        campaign_id=created["id"],
+        account_id=account_id,
+        channel=created["channel"],
+        scheduled_at=created["scheduled_at"],
+        as_subflow=True,
     )
     await asyncio.to_thread(_record, created["id"], flow_run_id)
     logger.info("campaign %s created; flow run %s", created["id"], flow_run_id)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
+from uuid import UUID
 
 from core.timeutil import as_utc
 
 log = logging.getLogger("campaigns.launcher")
 SEND_DEPLOYMENT = "send-campaign/default"
 LAUNCH_DEPLOYMENT = "launch-campaign/default"
+CANCEL_MESSAGE = "cancelled through the campaigns API"
 
 
 class PrefectLauncher:
@@ -31,9 +33,16 @@ class PrefectLauncher:
                 await asyncio.sleep(0.5 * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 
-    async def launch(self, *, campaign_id: str, account_id: str, channel: str,
-                     scheduled_at: datetime | None, key: str | None = None,
-                     as_subflow: bool = False) -> str:
+    async def launch(
+        self,
+        *,
+        campaign_id: str,
+        account_id: str,
+        channel: str,
+        scheduled_at: datetime | None,
+        key: str | None = None,
+        as_subflow: bool = False,
+    ) -> str:
         """Create the campaign's flow run once (idempotency key = campaign id)."""
         from prefect.deployments.flow_runs import arun_deployment
 
@@ -60,15 +69,16 @@ class PrefectLauncher:
 
         async def _cancel() -> None:
             async with get_client() as client:
-                flow_run = await client.read_flow_run(flow_run_id)
+                flow_run = await client.read_flow_run(UUID(flow_run_id))
                 state_type = flow_run.state.type if flow_run.state else None
                 if state_type in (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED):
                     await client.set_flow_run_state(
-                        flow_run_id, Cancelled(message="cancelled through the campaigns API"),
-                        force=True)
+                        UUID(flow_run_id),
+                        Cancelled(message=CANCEL_MESSAGE),
+                        force=True,
+                    )
                 elif state_type == StateType.RUNNING:
-                    await client.set_flow_run_state(
-                        flow_run_id, Cancelling(message="cancelled through the campaigns API"))
+                    await client.set_flow_run_state(UUID(flow_run_id), Cancelling(message=CANCEL_MESSAGE))
 
         await self._retry(f"cancelling flow run {flow_run_id}", _cancel)
 

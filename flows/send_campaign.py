@@ -106,8 +106,12 @@ async def send_campaign(campaign_id: str) -> dict[str, Any]:
         return {"campaign_id": campaign_id, "status": status}
 
     audience = await resolve_recipients(campaign_id)
-    logger.info("campaign %s: %s recipients, %s skipped", campaign_id,
-                audience["total_recipients"], audience["skipped"])
+    logger.info(
+        "campaign %s: %s recipients, %s skipped",
+        campaign_id,
+        audience["total_recipients"],
+        audience["skipped"],
+    )
     try:
         await hold_credits(campaign_id)
     except InsufficientCredits as exc:
@@ -117,7 +121,8 @@ async def send_campaign(campaign_id: str) -> dict[str, Any]:
     campaign = await _db(campaigns.load, campaign_id)
     chunks = await plan_chunks(campaign_id)
     progress = await acreate_progress_artifact(
-        progress=0.0, key=f"progress-{campaign_id.replace('_', '-')}",
+        progress=0.0,
+        key=f"progress-{campaign_id.replace('_', '-')}",
         description=f"Messages dispatched for campaign {campaign_id}",
     )
     semaphore = asyncio.Semaphore(settings.chunk_concurrency)
@@ -150,9 +155,15 @@ async def send_campaign(campaign_id: str) -> dict[str, Any]:
     if result["status"] == CampaignStatus.cancelled:
         await _db(campaigns.finalize_stopped, campaign_id=campaign_id, pending_code="cancelled")
     await acreate_table_artifact(
-        table=_summary_rows(campaign_id), key=f"summary-{campaign_id.replace('_', '-')}",
+        table=_summary_rows(campaign_id),
+        key=f"summary-{campaign_id.replace('_', '-')}",
         description=f"Summary of campaign {campaign_id}",
     )
-    logger.info("campaign %s %s (%s receipt polls, %s timed out)", campaign_id,
-                result["status"], receipts["polls"], receipts["expired"])
+    logger.info(
+        "campaign %s %s (%s receipt polls, %s timed out)",
+        campaign_id,
+        result["status"],
+        receipts["polls"],
+        receipts["expired"],
+    )
     return {"campaign_id": campaign_id, **result}

@@ -37,9 +37,7 @@ class MessageStatus(StrEnum):
     failed = "failed"
 
 
-FINAL_MESSAGE_STATUSES = frozenset(
-    {MessageStatus.delivered, MessageStatus.undelivered, MessageStatus.failed}
-)
+FINAL_MESSAGE_STATUSES = frozenset({MessageStatus.delivered, MessageStatus.undelivered, MessageStatus.failed})
 
 # Rank used so that status updates never move a message backwards.
 MESSAGE_STATUS_RANK = {

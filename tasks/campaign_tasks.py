@@ -39,8 +39,13 @@ async def resolve_recipients(campaign_id: str) -> dict[str, int]:
     return {"total_recipients": campaign.total_recipients, "skipped": campaign.skipped_count}
 
 
-@task(name="hold-credits", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      retry_condition_fn=lambda _t, _r, state: "InsufficientCredits" not in str(state.message))
+@task(
+    name="hold-credits",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=lambda _t, _r, state: "InsufficientCredits" not in str(state.message),
+)
 async def hold_credits(campaign_id: str) -> int:
     """Make the hold match the snapshot's exact cost (raises InsufficientCredits if short)."""
     return int(await asyncio.to_thread(_in_tx, campaigns.adjust_hold, campaign_id=campaign_id))
@@ -50,12 +55,16 @@ def _plan(session: Any, campaign_id: str, chunk_size: int) -> list[tuple[int, in
     total = session.execute(
         select(func.count()).select_from(Message).where(col(Message.campaign_id) == campaign_id)
     ).scalar_one()
-    open_seqs = session.execute(
-        select(func.distinct(col(Message.seq) // chunk_size)).where(
-            col(Message.campaign_id) == campaign_id,
-            col(Message.status).in_([MessageStatus.pending, MessageStatus.sending]),
+    open_seqs = (
+        session.execute(
+            select(func.distinct(col(Message.seq) // chunk_size)).where(
+                col(Message.campaign_id) == campaign_id,
+                col(Message.status).in_([MessageStatus.pending, MessageStatus.sending]),
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     return [(k * chunk_size, min((k + 1) * chunk_size, total)) for k in sorted(int(k) for k in open_seqs)]
 
 
@@ -72,15 +81,21 @@ def _chunk_retry_condition(_task: Any, _run: Any, state: Any) -> bool:
     return "NotFound" not in str(state.message)
 
 
-@task(name="send-chunk", cache_policy=NO_CACHE, retries=3,
-      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
-      retry_condition_fn=_chunk_retry_condition,
-      task_run_name="send-{channel}-chunk-{chunk_no}")
+@task(
+    name="send-chunk",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_chunk_retry_condition,
+    task_run_name="send-{channel}-chunk-{chunk_no}",
+)
 async def send_chunk(campaign_id: str, channel: str, chunk_no: int, start: int, end: int) -> dict[str, Any]:
     """Send one chunk's pending messages concurrently; returns the chunk's counts."""
     settings = get_settings()
-    report = await send_chunk_core(settings=settings, engine=get_engine(settings),
-                                   campaign_id=campaign_id, start=start, end=end)
+    report = await send_chunk_core(
+        settings=settings, engine=get_engine(settings), campaign_id=campaign_id, start=start, end=end
+    )
     return dataclasses.asdict(report)
 
 
@@ -117,6 +132,7 @@ async def await_final_statuses(campaign_id: str, channel: str) -> dict[str, int]
 @task(name="settle-credits", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 async def settle_credits(campaign_id: str) -> dict[str, Any]:
     """Mark the campaign completed and charge accepted messages, releasing the rest."""
+
     def _complete(session: Any) -> dict[str, Any]:
         campaigns.complete(session, campaign_id=campaign_id)
         campaign = campaigns.load(session, campaign_id)

@@ -25,12 +25,25 @@ class RecordingLauncher:
         self.cancelled: list[str] = []
         self.fail = False
 
-    async def launch(self, *, campaign_id: str, account_id: str, channel: str,
-                     scheduled_at: datetime | None, key: str | None = None) -> str:
+    async def launch(
+        self,
+        *,
+        campaign_id: str,
+        account_id: str,
+        channel: str,
+        scheduled_at: datetime | None,
+        key: str | None = None,
+    ) -> str:
         if self.fail:
             raise RuntimeError("prefect is down")
-        self.launched.append({"campaign_id": campaign_id, "account_id": account_id,
-                              "channel": channel, "scheduled_at": scheduled_at})
+        self.launched.append(
+            {
+                "campaign_id": campaign_id,
+                "account_id": account_id,
+                "channel": channel,
+                "scheduled_at": scheduled_at,
+            }
+        )
         return f"fr-{campaign_id}"
 
     async def cancel(self, *, flow_run_id: str) -> None:
@@ -52,7 +65,8 @@ def settings(tmp_path: Path, template_db: Path) -> Settings:
     db = tmp_path / "campaigns.db"
     shutil.copy(template_db, db)
     return Settings(
-        data_dir=tmp_path, database_url=f"sqlite:///{db}",
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{db}",
         api={"rate_per_second": 1000, "burst": 1000},
         delivery={"retry_window_s": 2, "poll_interval_s": 0.05, "max_backoff_s": 0.05},
         sandbox={"delivery_delay_s": 0},

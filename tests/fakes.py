@@ -17,8 +17,9 @@ class FakeChannel:
     default_concurrency = 16
     supports_status_lookup = True
 
-    def __init__(self, behaviour: Callable[[OutboundMessage, int], SendResult | None] | None = None,
-                 delay: float = 0.0) -> None:
+    def __init__(
+        self, behaviour: Callable[[OutboundMessage, int], SendResult | None] | None = None, delay: float = 0.0
+    ) -> None:
         self.behaviour = behaviour
         self.delay = delay
         self.sent: list[OutboundMessage] = []

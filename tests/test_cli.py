@@ -18,8 +18,9 @@ from core.db import make_engine, session_scope
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CAMPAIGNS_DATA_DIR": str(tmp_path)}
     env.pop("CAMPAIGNS_DATABASE_URL", None)
-    return subprocess.run([sys.executable, "-m", "deployments.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "deployments.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture
@@ -41,14 +42,19 @@ def test_bootstrap_an_account(tmp_path: Path, db: Engine) -> None:
     r = run(tmp_path, "credits", "add", created["account_id"], "250", "--json")
     assert json.loads(r.stdout)["balance"] == 750
 
-    r = run(tmp_path, "sender-ids", "add", created["account_id"], "--channel", "sms",
-            "--value", "ACME", "--json")
+    r = run(
+        tmp_path, "sender-ids", "add", created["account_id"], "--channel", "sms", "--value", "ACME", "--json"
+    )
     sender = json.loads(r.stdout)
     assert sender["status"] == "pending"
-    assert json.loads(run(tmp_path, "sender-ids", "approve", sender["id"], "--json").stdout)[
-        "status"] == "approved"
-    assert json.loads(run(tmp_path, "sender-ids", "reject", sender["id"], "--json").stdout)[
-        "status"] == "rejected"
+    assert (
+        json.loads(run(tmp_path, "sender-ids", "approve", sender["id"], "--json").stdout)["status"]
+        == "approved"
+    )
+    assert (
+        json.loads(run(tmp_path, "sender-ids", "reject", sender["id"], "--json").stdout)["status"]
+        == "rejected"
+    )
 
 
 def test_errors_exit_non_zero(tmp_path: Path) -> None:

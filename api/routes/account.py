@@ -21,9 +21,11 @@ router = APIRouter(tags=["account"])
 @router.get("/v1/sender-ids")
 async def list_sender_ids(request: Request, account_id: AccountId, paging: Paging) -> dict[str, Any]:
     """The account's sender IDs with their approval status."""
+
     def _list(session: Session) -> dict[str, Any]:
-        rows, total = sender_ids.list_sender_ids(session, account_id=account_id,
-                                                 page=paging.page, per_page=paging.per_page)
+        rows, total = sender_ids.list_sender_ids(
+            session, account_id=account_id, page=paging.page, per_page=paging.per_page
+        )
         return page_body([sender_out(s) for s in rows], paging, total)
 
     return await in_db(request, _list)
@@ -33,8 +35,10 @@ async def list_sender_ids(request: Request, account_id: AccountId, paging: Pagin
 async def create_sender_id(request: Request, account_id: AccountId) -> dict[str, Any]:
     """Register a sender ID; it stays pending until an operator approves it."""
     data = validate_body(SenderIdCreate, await read_json(request))
-    sender = await in_db(request, lambda s: sender_ids.register(
-        s, account_id=account_id, channel=data.channel.value, value=data.value))
+    sender = await in_db(
+        request,
+        lambda s: sender_ids.register(s, account_id=account_id, channel=data.channel.value, value=data.value),
+    )
     return sender_out(sender)
 
 

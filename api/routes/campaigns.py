@@ -36,8 +36,9 @@ def _enum(value: str | None, enum: Any, name: str) -> str | None:
 
 
 @router.post("", status_code=201, response_model=None)
-async def create_campaign(request: Request, account_id: AccountId,
-                          idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
+async def create_campaign(
+    request: Request, account_id: AccountId, idempotency_key: Annotated[str | None, Header()] = None
+) -> JSONResponse:
     """Create a campaign, hold its credits and start (or schedule) its flow run."""
     raw = await read_json(request)
     data = validate_body(CampaignCreate, raw)
@@ -47,15 +48,20 @@ async def create_campaign(request: Request, account_id: AccountId,
 
     def _create(session: Session) -> tuple[int, dict[str, Any], bool]:
         if idempotency_key:
-            record = idempotency.find(session, account_id=account_id, key=idempotency_key,
-                                      digest=digest)
+            record = idempotency.find(session, account_id=account_id, key=idempotency_key, digest=digest)
             if record is not None:
                 return record.status_code, record.response, False
         campaign = campaigns.create_campaign(session, account_id=account_id, data=data)
         body = campaign_out(campaign, {})
         if idempotency_key:
-            idempotency.store(session, account_id=account_id, key=idempotency_key,
-                              digest=digest, status_code=201, response=body)
+            idempotency.store(
+                session,
+                account_id=account_id,
+                key=idempotency_key,
+                digest=digest,
+                status_code=201,
+                response=body,
+            )
         return 201, body, True
 
     try:
@@ -73,29 +79,41 @@ async def _launch(request: Request, body: dict[str, Any], account_id: str) -> No
     scheduled = body["scheduled_at"]
     try:
         flow_run_id = await state(request).launcher.launch(
-            campaign_id=body["id"], account_id=account_id, channel=body["channel"],
+            campaign_id=body["id"],
+            account_id=account_id,
+            channel=body["channel"],
             scheduled_at=datetime.fromisoformat(scheduled.replace("Z", "+00:00")) if scheduled else None,
         )
     except Exception:
         log.exception("could not create the flow run of %s; the reconciler will retry", body["id"])
         return
     body["flow_run_id"] = flow_run_id
-    await in_db(request, lambda s: campaigns.record_flow_run(
-        s, campaign_id=body["id"], flow_run_id=flow_run_id))
+    await in_db(
+        request, lambda s: campaigns.record_flow_run(s, campaign_id=body["id"], flow_run_id=flow_run_id)
+    )
 
 
 @router.get("")
-async def list_campaigns(request: Request, account_id: AccountId, paging: Paging,
-                         status: Annotated[str | None, Query()] = None,
-                         channel: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+async def list_campaigns(
+    request: Request,
+    account_id: AccountId,
+    paging: Paging,
+    status: Annotated[str | None, Query()] = None,
+    channel: Annotated[str | None, Query()] = None,
+) -> dict[str, Any]:
     """A page of the account's campaigns, newest first."""
     status = _enum(status, CampaignStatus, "status")
     channel = _enum(channel, Channel, "channel")
 
     def _list(session: Session) -> dict[str, Any]:
-        rows, total = campaigns.list_campaigns(session, account_id=account_id, page=paging.page,
-                                               per_page=paging.per_page, status=status,
-                                               channel=channel)
+        rows, total = campaigns.list_campaigns(
+            session,
+            account_id=account_id,
+            page=paging.page,
+            per_page=paging.per_page,
+            status=status,
+            channel=channel,
+        )
         counts = campaigns.message_counts(session, [c.id for c in rows])
         return page_body([campaign_out(c, counts[c.id]) for c in rows], paging, total)
 
@@ -111,6 +129,7 @@ async def get_campaign(request: Request, account_id: AccountId, campaign_id: str
 @router.post("/{campaign_id}/cancel")
 async def cancel_campaign(request: Request, account_id: AccountId, campaign_id: str) -> dict[str, Any]:
     """Cancel: nothing more is sent and unused credits are released."""
+
     def _cancel(session: Session) -> dict[str, Any]:
         campaigns.cancel_campaign(session, account_id=account_id, campaign_id=campaign_id)
         return _one(session, account_id, campaign_id)
@@ -120,21 +139,32 @@ async def cancel_campaign(request: Request, account_id: AccountId, campaign_id: 
         try:
             await state(request).launcher.cancel(flow_run_id=body["flow_run_id"])
         except Exception:
-            log.exception("could not cancel flow run %s; the run stops at its next chunk",
-                          body["flow_run_id"])
+            log.exception(
+                "could not cancel flow run %s; the run stops at its next chunk", body["flow_run_id"]
+            )
     return body
 
 
 @router.get("/{campaign_id}/messages")
-async def list_messages(request: Request, account_id: AccountId, campaign_id: str, paging: Paging,
-                        status: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+async def list_messages(
+    request: Request,
+    account_id: AccountId,
+    campaign_id: str,
+    paging: Paging,
+    status: Annotated[str | None, Query()] = None,
+) -> dict[str, Any]:
     """Per-recipient records of a campaign."""
     status = _enum(status, MessageStatus, "status")
 
     def _list(session: Session) -> dict[str, Any]:
-        rows, total = campaigns.list_messages(session, account_id=account_id,
-                                              campaign_id=campaign_id, status=status,
-                                              page=paging.page, per_page=paging.per_page)
+        rows, total = campaigns.list_messages(
+            session,
+            account_id=account_id,
+            campaign_id=campaign_id,
+            status=status,
+            page=paging.page,
+            per_page=paging.per_page,
+        )
         return page_body([message_out(m) for m in rows], paging, total)
 
     return await in_db(request, _list)

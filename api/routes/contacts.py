@@ -33,12 +33,15 @@ async def create_contact(request: Request, account_id: AccountId) -> dict[str, A
 
 
 @router.get("/v1/contacts")
-async def list_contacts(request: Request, account_id: AccountId, paging: Paging,
-                        list_id: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+async def list_contacts(
+    request: Request, account_id: AccountId, paging: Paging, list_id: Annotated[str | None, Query()] = None
+) -> dict[str, Any]:
     """A page of contacts, newest first; `list_id` filters to one list."""
+
     def _list(session: Session) -> dict[str, Any]:
-        rows, total = contacts.list_contacts(session, account_id=account_id, list_id=list_id,
-                                             page=paging.page, per_page=paging.per_page)
+        rows, total = contacts.list_contacts(
+            session, account_id=account_id, list_id=list_id, page=paging.page, per_page=paging.per_page
+        )
         lists = contacts.contact_list_ids(session, [c.id for c in rows])
         return page_body([contact_out(c, lists[c.id]) for c in rows], paging, total)
 
@@ -66,8 +69,7 @@ async def update_contact(request: Request, account_id: AccountId, contact_id: st
 @router.delete("/v1/contacts/{contact_id}", status_code=204)
 async def delete_contact(request: Request, account_id: AccountId, contact_id: str) -> Response:
     """Delete a contact."""
-    await in_db(request, lambda s: contacts.delete_contact(s, account_id=account_id,
-                                                           contact_id=contact_id))
+    await in_db(request, lambda s: contacts.delete_contact(s, account_id=account_id, contact_id=contact_id))
     return Response(status_code=204)
 
 
@@ -75,17 +77,18 @@ async def delete_contact(request: Request, account_id: AccountId, contact_id: st
 async def create_list(request: Request, account_id: AccountId) -> dict[str, Any]:
     """Create an empty contact list."""
     data = validate_body(ContactListCreate, await read_json(request))
-    lst = await in_db(request, lambda s: contacts.create_list(s, account_id=account_id,
-                                                              name=data.name))
+    lst = await in_db(request, lambda s: contacts.create_list(s, account_id=account_id, name=data.name))
     return list_out(lst, 0)
 
 
 @router.get("/v1/contact-lists")
 async def list_lists(request: Request, account_id: AccountId, paging: Paging) -> dict[str, Any]:
     """A page of contact lists, newest first."""
+
     def _list(session: Session) -> dict[str, Any]:
-        rows, total = contacts.list_lists(session, account_id=account_id, page=paging.page,
-                                          per_page=paging.per_page)
+        rows, total = contacts.list_lists(
+            session, account_id=account_id, page=paging.page, per_page=paging.per_page
+        )
         counts = contacts.list_counts(session, [lst.id for lst in rows])
         return page_body([list_out(lst, counts[lst.id]) for lst in rows], paging, total)
 
@@ -95,6 +98,7 @@ async def list_lists(request: Request, account_id: AccountId, paging: Paging) ->
 @router.get("/v1/contact-lists/{list_id}")
 async def get_list(request: Request, account_id: AccountId, list_id: str) -> dict[str, Any]:
     """One contact list with its size."""
+
     def _get(session: Session) -> dict[str, Any]:
         lst = contacts.get_list(session, account_id=account_id, list_id=list_id)
         return list_out(lst, contacts.list_counts(session, [lst.id])[lst.id])
@@ -115,8 +119,9 @@ async def add_list_contacts(request: Request, account_id: AccountId, list_id: st
     data = validate_body(ListContactsAdd, await read_json(request))
 
     def _add(session: Session) -> dict[str, Any]:
-        added = contacts.add_to_list(session, account_id=account_id, list_id=list_id,
-                                     contact_ids=data.contact_ids)
+        added = contacts.add_to_list(
+            session, account_id=account_id, list_id=list_id, contact_ids=data.contact_ids
+        )
         lst = contacts.get_list(session, account_id=account_id, list_id=list_id)
         return {**list_out(lst, contacts.list_counts(session, [list_id])[list_id]), "added": added}
 
@@ -124,9 +129,12 @@ async def add_list_contacts(request: Request, account_id: AccountId, list_id: st
 
 
 @router.delete("/v1/contact-lists/{list_id}/contacts/{contact_id}", status_code=204)
-async def remove_list_contact(request: Request, account_id: AccountId, list_id: str,
-                              contact_id: str) -> Response:
+async def remove_list_contact(
+    request: Request, account_id: AccountId, list_id: str, contact_id: str
+) -> Response:
     """Remove one contact from a list."""
-    await in_db(request, lambda s: contacts.remove_from_list(s, account_id=account_id,
-                                                             list_id=list_id, contact_id=contact_id))
+    await in_db(
+        request,
+        lambda s: contacts.remove_from_list(s, account_id=account_id, list_id=list_id, contact_id=contact_id),
+    )
     return Response(status_code=204)

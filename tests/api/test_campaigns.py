@@ -16,9 +16,13 @@ from tests.factories import Tenant, make_tenant
 
 
 def body(tenant: Tenant, **over: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"name": "Weekend Sale - June 2026", "channel": "sms",
-                            "contact_list_id": tenant.list_id, "sender_id": tenant.sender,
-                            "body": "Hi {{first_name}}"}
+    data: dict[str, Any] = {
+        "name": "Weekend Sale - June 2026",
+        "channel": "sms",
+        "contact_list_id": tenant.list_id,
+        "sender_id": tenant.sender,
+        "body": "Hi {{first_name}}",
+    }
     data.update(over)
     return {k: v for k, v in data.items() if v is not None}
 
@@ -44,7 +48,8 @@ def credits_of(client: TestClient, tenant: Tenant) -> dict[str, int]:
 
 
 def test_create_returns_the_campaign_and_starts_its_flow_run(
-        client: TestClient, tenant: Tenant, launcher: RecordingLauncher) -> None:
+    client: TestClient, tenant: Tenant, launcher: RecordingLauncher
+) -> None:
     r = client.post("/v1/campaigns", json=body(tenant), headers=tenant.headers)
     assert r.status_code == 201, r.text
     c = r.json()
@@ -52,8 +57,9 @@ def test_create_returns_the_campaign_and_starts_its_flow_run(
     assert c["status"] == "draft"
     assert (c["total_recipients"], c["delivered_count"], c["failed_count"]) == (3, 0, 0)
     assert c["created_at"].endswith("Z") and c["started_at"] is None
-    assert launcher.launched == [{"campaign_id": c["id"], "account_id": tenant.account_id,
-                                  "channel": "sms", "scheduled_at": None}]
+    assert launcher.launched == [
+        {"campaign_id": c["id"], "account_id": tenant.account_id, "channel": "sms", "scheduled_at": None}
+    ]
     assert credits_of(client, tenant) == {"balance": 100, "reserved": 3, "available": 97}
     got = client.get(f"/v1/campaigns/{c['id']}", headers=tenant.headers).json()
     assert got["flow_run_id"] == f"fr-{c['id']}"
@@ -62,8 +68,11 @@ def test_create_returns_the_campaign_and_starts_its_flow_run(
 
 def test_scheduled_campaign(client: TestClient, tenant: Tenant, launcher: RecordingLauncher) -> None:
     when = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
-    r = client.post("/v1/campaigns", headers=tenant.headers,
-                    json=body(tenant, scheduled_at=when.isoformat().replace("+00:00", "Z")))
+    r = client.post(
+        "/v1/campaigns",
+        headers=tenant.headers,
+        json=body(tenant, scheduled_at=when.isoformat().replace("+00:00", "Z")),
+    )
     assert r.status_code == 201
     assert r.json()["status"] == "scheduled"
     assert r.json()["scheduled_at"] == when.isoformat().replace("+00:00", "Z")
@@ -72,8 +81,11 @@ def test_scheduled_campaign(client: TestClient, tenant: Tenant, launcher: Record
 
 @pytest.mark.parametrize(
     ("headers", "why"),
-    [({}, "missing"), ({"Authorization": "Basic abc"}, "malformed"),
-     ({"Authorization": "Bearer nope"}, "unknown")],
+    [
+        ({}, "missing"),
+        ({"Authorization": "Basic abc"}, "malformed"),
+        ({"Authorization": "Bearer nope"}, "unknown"),
+    ],
 )
 def test_authentication_comes_first(client: TestClient, headers: dict[str, str], why: str) -> None:
     assert_error(client.post("/v1/campaigns", content=b"{not json", headers=headers), 401, "unauthorized")
@@ -95,8 +107,9 @@ def test_authentication_comes_first(client: TestClient, headers: dict[str, str],
         {"name": 7},
     ],
 )
-def test_schema_errors_are_400(client: TestClient, tenant: Tenant, launcher: RecordingLauncher,
-                               patch: dict[str, Any]) -> None:
+def test_schema_errors_are_400(
+    client: TestClient, tenant: Tenant, launcher: RecordingLauncher, patch: dict[str, Any]
+) -> None:
     data = body(tenant)
     for key, value in patch.items():
         if value is None:
@@ -111,15 +124,18 @@ def test_schema_errors_are_400(client: TestClient, tenant: Tenant, launcher: Rec
 
 
 def test_malformed_json_is_400(client: TestClient, tenant: Tenant) -> None:
-    assert_error(client.post("/v1/campaigns", content=b'{"name": ', headers=tenant.headers),
-                 400, "invalid_request")
-    assert_error(client.post("/v1/campaigns", json=[1, 2], headers=tenant.headers),
-                 400, "invalid_request")
+    assert_error(
+        client.post("/v1/campaigns", content=b'{"name": ', headers=tenant.headers), 400, "invalid_request"
+    )
+    assert_error(client.post("/v1/campaigns", json=[1, 2], headers=tenant.headers), 400, "invalid_request")
 
 
 def test_unknown_list_is_404_before_422(client: TestClient, tenant: Tenant) -> None:
-    r = client.post("/v1/campaigns", headers=tenant.headers,
-                    json=body(tenant, contact_list_id="lst_000000000000000000000000", sender_id="NOPE"))
+    r = client.post(
+        "/v1/campaigns",
+        headers=tenant.headers,
+        json=body(tenant, contact_list_id="lst_000000000000000000000000", sender_id="NOPE"),
+    )
     assert_error(r, 404, "not_found")
 
 
@@ -135,8 +151,9 @@ def test_unknown_list_is_404_before_422(client: TestClient, tenant: Tenant) -> N
         {"body": "   "},
     ],
 )
-def test_semantic_errors_are_422(client: TestClient, tenant: Tenant, launcher: RecordingLauncher,
-                                 patch: dict[str, Any]) -> None:
+def test_semantic_errors_are_422(
+    client: TestClient, tenant: Tenant, launcher: RecordingLauncher, patch: dict[str, Any]
+) -> None:
     data = body(tenant)
     for key, value in patch.items():
         if value is None:
@@ -152,23 +169,32 @@ def test_semantic_errors_are_422(client: TestClient, tenant: Tenant, launcher: R
 def test_pending_sender_id_is_not_usable(client: TestClient, tenant: Tenant) -> None:
     r = client.post("/v1/sender-ids", json={"value": "NEWBRAND", "channel": "sms"}, headers=tenant.headers)
     assert r.status_code == 201 and r.json()["status"] == "pending"
-    assert_error(client.post("/v1/campaigns", json=body(tenant, sender_id="NEWBRAND"),
-                             headers=tenant.headers), 422, "validation_error")
+    assert_error(
+        client.post("/v1/campaigns", json=body(tenant, sender_id="NEWBRAND"), headers=tenant.headers),
+        422,
+        "validation_error",
+    )
     # An approved sender of another channel is no good either.
-    assert_error(client.post("/v1/campaigns", json=body(tenant, channel="email"),
-                             headers=tenant.headers), 422, "validation_error")
+    assert_error(
+        client.post("/v1/campaigns", json=body(tenant, channel="email"), headers=tenant.headers),
+        422,
+        "validation_error",
+    )
 
 
 def test_sender_can_be_referenced_by_id(client: TestClient, tenant: Tenant) -> None:
     sid = client.get("/v1/sender-ids", headers=tenant.headers).json()["data"][0]["id"]
-    assert client.post("/v1/campaigns", json=body(tenant, sender_id=sid),
-                       headers=tenant.headers).status_code == 201
+    assert (
+        client.post("/v1/campaigns", json=body(tenant, sender_id=sid), headers=tenant.headers).status_code
+        == 201
+    )
 
 
 def test_insufficient_credits(client: TestClient, engine: Engine, launcher: RecordingLauncher) -> None:
     poor = make_tenant(engine, credits_amount=2, contacts_n=3, name="poor")
-    payload = assert_error(client.post("/v1/campaigns", json=body(poor), headers=poor.headers),
-                           422, "insufficient_credits")
+    payload = assert_error(
+        client.post("/v1/campaigns", json=body(poor), headers=poor.headers), 422, "insufficient_credits"
+    )
     assert payload["details"] == {"required": 3, "available": 2}
     assert credits_of(client, poor) == {"balance": 2, "reserved": 0, "available": 2}
     assert launcher.launched == []
@@ -182,8 +208,9 @@ def test_idempotency_key(client: TestClient, tenant: Tenant, launcher: Recording
     assert first.json()["id"] == again.json()["id"]
     assert len(launcher.launched) == 1
     assert credits_of(client, tenant)["reserved"] == 3
-    assert_error(client.post("/v1/campaigns", json=body(tenant, name="other"), headers=headers),
-                 409, "conflict")
+    assert_error(
+        client.post("/v1/campaigns", json=body(tenant, name="other"), headers=headers), 409, "conflict"
+    )
     assert client.get("/v1/campaigns", headers=tenant.headers).json()["meta"]["total"] == 1
 
 
@@ -194,14 +221,19 @@ def test_accounts_are_isolated(client: TestClient, engine: Engine, tenant: Tenan
     assert_error(client.post(f"/v1/campaigns/{cid}/cancel", headers=other.headers), 404, "not_found")
     assert_error(client.get(f"/v1/campaigns/{cid}/messages", headers=other.headers), 404, "not_found")
     # Another account's list is unknown too.
-    assert_error(client.post("/v1/campaigns", json=body(tenant, sender_id=other.sender),
-                             headers=other.headers), 404, "not_found")
+    assert_error(
+        client.post("/v1/campaigns", json=body(tenant, sender_id=other.sender), headers=other.headers),
+        404,
+        "not_found",
+    )
     assert client.get("/v1/campaigns", headers=other.headers).json()["meta"]["total"] == 0
 
 
 def test_pagination(client: TestClient, tenant: Tenant) -> None:
-    ids = [client.post("/v1/campaigns", json=body(tenant, name=f"c{i}"), headers=tenant.headers).json()["id"]
-           for i in range(5)]
+    ids = [
+        client.post("/v1/campaigns", json=body(tenant, name=f"c{i}"), headers=tenant.headers).json()["id"]
+        for i in range(5)
+    ]
     page1 = client.get("/v1/campaigns?per_page=2", headers=tenant.headers).json()
     page3 = client.get("/v1/campaigns?per_page=2&page=3", headers=tenant.headers).json()
     assert page1["meta"] == {"page": 1, "per_page": 2, "total": 5}
@@ -210,12 +242,15 @@ def test_pagination(client: TestClient, tenant: Tenant) -> None:
     for bad in ("page=0", "per_page=0", "per_page=101", "page=x"):
         assert_error(client.get(f"/v1/campaigns?{bad}", headers=tenant.headers), 400, "invalid_request")
     assert_error(client.get("/v1/campaigns?status=bogus", headers=tenant.headers), 400, "invalid_request")
-    assert client.get("/v1/campaigns?status=draft&channel=sms",
-                      headers=tenant.headers).json()["meta"]["total"] == 5
+    assert (
+        client.get("/v1/campaigns?status=draft&channel=sms", headers=tenant.headers).json()["meta"]["total"]
+        == 5
+    )
 
 
-def test_cancel_releases_credits_and_is_final(client: TestClient, tenant: Tenant,
-                                              launcher: RecordingLauncher) -> None:
+def test_cancel_releases_credits_and_is_final(
+    client: TestClient, tenant: Tenant, launcher: RecordingLauncher
+) -> None:
     cid = client.post("/v1/campaigns", json=body(tenant), headers=tenant.headers).json()["id"]
     r = client.post(f"/v1/campaigns/{cid}/cancel", headers=tenant.headers)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
@@ -236,29 +271,54 @@ def test_messages_listing(client: TestClient, tenant: Tenant, engine: Engine) ->
     r = client.get(f"/v1/campaigns/{cid}/messages?per_page=2", headers=tenant.headers).json()
     assert r["meta"] == {"page": 1, "per_page": 2, "total": 3}
     first = r["data"][0]
-    assert set(first) >= {"id", "contact_id", "to", "status", "provider_message_id", "error_code",
-                          "error_message", "sent_at", "updated_at"}
+    assert set(first) >= {
+        "id",
+        "contact_id",
+        "to",
+        "status",
+        "provider_message_id",
+        "error_code",
+        "error_message",
+        "sent_at",
+        "updated_at",
+    }
     assert first["id"].startswith("msg_") and first["status"] == "pending"
-    assert client.get(f"/v1/campaigns/{cid}/messages?status=delivered",
-                      headers=tenant.headers).json()["meta"]["total"] == 0
+    assert (
+        client.get(f"/v1/campaigns/{cid}/messages?status=delivered", headers=tenant.headers).json()["meta"][
+            "total"
+        ]
+        == 0
+    )
     c = client.get(f"/v1/campaigns/{cid}", headers=tenant.headers).json()
     assert (c["status"], c["pending_count"]) == ("processing", 3)
 
 
 def test_contacts_without_an_address_are_skipped(client: TestClient, engine: Engine) -> None:
     t = make_tenant(engine, contacts_n=2, channel="email", sender="news@example.com")
-    cid = client.post("/v1/contacts", headers=t.headers, json={
-        "name": "No Mail", "phone": "+14155559999", "lists": [t.list_id]}).json()["id"]
+    cid = client.post(
+        "/v1/contacts",
+        headers=t.headers,
+        json={"name": "No Mail", "phone": "+14155559999", "lists": [t.list_id]},
+    ).json()["id"]
     assert cid.startswith("cnt_")
-    c = client.post("/v1/campaigns", headers=t.headers, json={
-        "name": "News", "channel": "email", "contact_list_id": t.list_id,
-        "sender_id": "news@example.com", "body": "Hello"}).json()
+    c = client.post(
+        "/v1/campaigns",
+        headers=t.headers,
+        json={
+            "name": "News",
+            "channel": "email",
+            "contact_list_id": t.list_id,
+            "sender_id": "news@example.com",
+            "body": "Hello",
+        },
+    ).json()
     assert (c["total_recipients"], c["skipped_count"], c["subject"]) == (2, 1, "News")
 
 
 def test_rate_limit(settings: Settings, engine: Engine, tenant: Tenant) -> None:
-    limited = settings.model_copy(update={"api": settings.api.model_copy(
-        update={"rate_per_second": 1, "burst": 3})})
+    limited = settings.model_copy(
+        update={"api": settings.api.model_copy(update={"rate_per_second": 1, "burst": 3})}
+    )
     with TestClient(create_app(limited, launcher=RecordingLauncher(), engine=engine)) as client:
         codes = [client.get("/v1/credits", headers=tenant.headers).status_code for _ in range(5)]
         assert codes[:3] == [200, 200, 200] and codes[3] == 429
@@ -279,7 +339,8 @@ def test_healthz_needs_no_key(client: TestClient) -> None:
 
 
 def test_launch_failure_keeps_the_campaign_for_the_reconciler(
-        client: TestClient, tenant: Tenant, launcher: RecordingLauncher) -> None:
+    client: TestClient, tenant: Tenant, launcher: RecordingLauncher
+) -> None:
     launcher.fail = True
     r = client.post("/v1/campaigns", json=body(tenant), headers=tenant.headers)
     assert r.status_code == 201

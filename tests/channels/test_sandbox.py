@@ -28,8 +28,9 @@ def test_unknown_provider_is_a_clear_error() -> None:
 
 
 async def test_outcomes_follow_the_configured_rates_and_are_deterministic() -> None:
-    channel = SandboxChannel("sms", SandboxSettings(failure_rate=0.2, undelivered_rate=0.1,
-                                                    delivery_delay_s=0))
+    channel = SandboxChannel(
+        "sms", SandboxSettings(failure_rate=0.2, undelivered_rate=0.1, delivery_delay_s=0)
+    )
     rejected = delivered = undelivered = 0
     ids = []
     for i in range(2000):
@@ -51,8 +52,12 @@ async def test_outcomes_follow_the_configured_rates_and_are_deterministic() -> N
     assert 100 <= undelivered <= 220
     # A second process would see the same outcome for the same message.
     again = SandboxChannel("sms", SandboxSettings(failure_rate=0.2, undelivered_rate=0.1))
-    assert [(await again.fetch_status(p, None)).status for p in ids[:50]] == [  # type: ignore[union-attr]
-        (await channel.fetch_status(p, None)).status for p in ids[:50]]  # type: ignore[union-attr]
+    assert (
+        [(await again.fetch_status(p, None)).status for p in ids[:50]]
+        == [  # type: ignore[union-attr]
+            (await channel.fetch_status(p, None)).status for p in ids[:50]
+        ]
+    )  # type: ignore[union-attr]
 
 
 async def test_receipts_wait_for_the_delivery_delay() -> None:

@@ -19,12 +19,18 @@ from tests.factories import make_tenant
 from tests.fakes import FakeChannel
 
 
-def _started_campaign(engine: Engine, n: int = 5, body: str = "Hi {{first_name}}, {{attributes.code}}") -> str:
+def _started_campaign(
+    engine: Engine, n: int = 5, body: str = "Hi {{first_name}}, {{attributes.code}}"
+) -> str:
     tenant = make_tenant(engine, contacts_n=n, attributes={"code": "C42"})
     with session_scope(engine) as session:
-        cid = campaigns.create_campaign(session, account_id=tenant.account_id, data=CampaignCreate(
-            name="x", channel="sms", contact_list_id=tenant.list_id, sender_id=tenant.sender,
-            body=body)).id
+        cid = campaigns.create_campaign(
+            session,
+            account_id=tenant.account_id,
+            data=CampaignCreate(
+                name="x", channel="sms", contact_list_id=tenant.list_id, sender_id=tenant.sender, body=body
+            ),
+        ).id
         campaigns.start_run(session, campaign_id=cid, flow_run_id=None)
         campaigns.take_snapshot(session, campaign_id=cid)
         campaigns.adjust_hold(session, campaign_id=cid)
@@ -33,17 +39,23 @@ def _started_campaign(engine: Engine, n: int = 5, body: str = "Hi {{first_name}}
 
 def _messages(engine: Engine, cid: str) -> list[Message]:
     with session_scope(engine) as session:
-        return list(session.exec(select(Message).where(Message.campaign_id == cid)  # type: ignore[call-overload]
-                                 .order_by(Message.seq)).scalars())
+        return list(
+            session.exec(
+                select(Message)
+                .where(Message.campaign_id == cid)  # type: ignore[call-overload]
+                .order_by(Message.seq)
+            ).scalars()
+        )
 
 
 async def test_each_recipient_gets_one_personalized_message(settings: Settings, engine: Engine) -> None:
     cid = _started_campaign(engine)
     channel = FakeChannel()
-    report = await send_chunk(settings=settings, engine=engine, campaign_id=cid, start=0, end=5,
-                              channel=channel)
+    report = await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=5, channel=channel
+    )
     assert report.accepted == 5 and report.failed == 0
-    assert sorted(m.body for m in channel.sent) == [f"Hi Customer, C42"] * 5
+    assert sorted(m.body for m in channel.sent) == ["Hi Customer, C42"] * 5
     assert [m.status for m in _messages(engine, cid)] == ["sent"] * 5
     assert all(m.provider_message_id == "p_" + m.id for m in _messages(engine, cid))
     assert channel.opened == channel.closed == 1
@@ -63,11 +75,15 @@ async def test_in_flight_rows_of_a_dead_attempt_are_not_resent(settings: Setting
     cid = _started_campaign(engine)
     first = _messages(engine, cid)[0]
     with session_scope(engine) as session:  # a worker died after claiming this message
-        session.execute(update(Message).where(Message.id == first.id)  # type: ignore[arg-type]
-                        .values(status="sending", claim_token="dead"))
+        session.execute(
+            update(Message)
+            .where(Message.id == first.id)  # type: ignore[arg-type]
+            .values(status="sending", claim_token="dead")
+        )
     channel = FakeChannel()
-    report = await send_chunk(settings=settings, engine=engine, campaign_id=cid, start=0, end=5,
-                              channel=channel)
+    report = await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=5, channel=channel
+    )
     assert report.recovered_unknown == 1
     assert first.id not in {m.message_id for m in channel.sent}
     row = next(m for m in _messages(engine, cid) if m.id == first.id)
@@ -85,8 +101,9 @@ async def test_transient_errors_are_retried_honouring_retry_after(settings: Sett
     channel = FakeChannel(flaky)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    report = await send_chunk(settings=settings, engine=engine, campaign_id=cid, start=0, end=2,
-                              channel=channel)
+    report = await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=2, channel=channel
+    )
     assert report.accepted == 2
     assert loop.time() - start >= 0.2
     assert all(n == 2 for n in channel.attempts.values())
@@ -98,11 +115,13 @@ async def test_transient_errors_give_up_after_the_retry_window(settings: Setting
     def down(message: OutboundMessage, attempt: int) -> Any:
         raise TransientSendError("503 from provider", code="503", retry_after=0.5)
 
-    settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(
-        update={"retry_window_s": 1.2})})
+    settings = settings.model_copy(
+        update={"delivery": settings.delivery.model_copy(update={"retry_window_s": 1.2})}
+    )
     channel = FakeChannel(down)
-    report = await send_chunk(settings=settings, engine=engine, campaign_id=cid, start=0, end=1,
-                              channel=channel)
+    report = await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=1, channel=channel
+    )
     assert report.failed == 1
     assert 2 <= sum(channel.attempts.values()) <= 4
     row = _messages(engine, cid)[0]
@@ -118,8 +137,9 @@ async def test_permanent_errors_are_recorded_and_never_retried(settings: Setting
         return None
 
     channel = FakeChannel(opted_out)
-    report = await send_chunk(settings=settings, engine=engine, campaign_id=cid, start=0, end=3,
-                              channel=channel)
+    report = await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=3, channel=channel
+    )
     assert (report.accepted, report.failed) == (2, 1)
     failed = [m for m in _messages(engine, cid) if m.status == "failed"]
     assert [(m.error_code, m.attempts) for m in failed] == [("21610", 1)]
@@ -135,19 +155,22 @@ async def test_cancel_stops_the_chunk(settings: Settings, engine: Engine) -> Non
         account_id = campaigns.load(session, cid).account_id
         campaigns.cancel_campaign(session, account_id=account_id, campaign_id=cid)
     channel = FakeChannel()
-    report = await send_chunk(settings=settings, engine=engine, campaign_id=cid, start=0, end=1,
-                              channel=channel)
+    report = await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=1, channel=channel
+    )
     assert report.stopped and channel.sent == []
 
 
 @pytest.mark.parametrize("rate", [20.0])
 async def test_sends_are_paced(settings: Settings, engine: Engine, rate: float) -> None:
     cid = _started_campaign(engine, n=40)
-    settings = settings.model_copy(update={"sms": settings.sms.model_copy(
-        update={"rate_per_second": rate, "concurrency": 4})})
+    settings = settings.model_copy(
+        update={"sms": settings.sms.model_copy(update={"rate_per_second": rate, "concurrency": 4})}
+    )
     loop = asyncio.get_running_loop()
     start = loop.time()
-    await send_chunk(settings=settings, engine=engine, campaign_id=cid, start=0, end=40,
-                     channel=FakeChannel())
+    await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=40, channel=FakeChannel()
+    )
     # burst of 20, then 20 more at 20/s
     assert loop.time() - start >= 0.9

@@ -25,9 +25,13 @@ def db(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Engine]:
 
 def _create(engine: Engine, tenant, body: str = "Hello {{first_name}}") -> str:  # type: ignore[no-untyped-def]
     with session_scope(engine) as session:
-        return campaigns.create_campaign(session, account_id=tenant.account_id, data=CampaignCreate(
-            name="x", channel="sms", contact_list_id=tenant.list_id, sender_id=tenant.sender,
-            body=body)).id
+        return campaigns.create_campaign(
+            session,
+            account_id=tenant.account_id,
+            data=CampaignCreate(
+                name="x", channel="sms", contact_list_id=tenant.list_id, sender_id=tenant.sender, body=body
+            ),
+        ).id
 
 
 def _balance(engine: Engine, account_id: str) -> credits.Balance:
@@ -47,8 +51,10 @@ def test_create_holds_cost_and_settle_charges_accepted(db: Engine) -> None:
         from sqlalchemy import update
 
         from models import Message
-        rows = campaigns.list_messages(session, account_id=tenant.account_id, campaign_id=cid,
-                                       status=None, page=1, per_page=10)[0]
+
+        rows = campaigns.list_messages(
+            session, account_id=tenant.account_id, campaign_id=cid, status=None, page=1, per_page=10
+        )[0]
         # Three accepted (one still awaiting its receipt), one rejected.
         for m, status in zip(rows, ["delivered", "undelivered", "sent", "failed"], strict=True):
             session.execute(update(Message).where(Message.id == m.id).values(status=status))
@@ -76,8 +82,7 @@ def test_insufficient_credits_changes_nothing(db: Engine) -> None:
     bal = _balance(db, tenant.account_id)
     assert (bal.balance, bal.reserved) == (2, 0)
     with session_scope(db) as session:
-        assert campaigns.list_campaigns(session, account_id=tenant.account_id, page=1,
-                                        per_page=10)[1] == 0
+        assert campaigns.list_campaigns(session, account_id=tenant.account_id, page=1, per_page=10)[1] == 0
 
 
 def test_concurrent_creates_never_overdraw(db: Engine) -> None:

@@ -14,17 +14,36 @@ def test_status_updates_never_move_backwards_and_repeat_harmlessly(engine: Engin
     with session_scope(engine) as session:
         ids = list(session.execute(select(Message.id).where(Message.campaign_id == cid)).scalars())  # type: ignore[arg-type]
         for i, mid in enumerate(ids):
-            session.execute(update(Message).where(Message.id == mid)  # type: ignore[arg-type]
-                            .values(status="sent", provider_message_id=f"p{i}"))
+            session.execute(
+                update(Message)
+                .where(Message.id == mid)  # type: ignore[arg-type]
+                .values(status="sent", provider_message_id=f"p{i}")
+            )
     with session_scope(engine) as session:
-        assert tracking.apply_updates(session, [StatusUpdate("p0", "delivered"),
-                                                StatusUpdate("p1", "undelivered", "30003", "unreachable")]) == 2
+        assert (
+            tracking.apply_updates(
+                session,
+                [StatusUpdate("p0", "delivered"), StatusUpdate("p1", "undelivered", "30003", "unreachable")],
+            )
+            == 2
+        )
     with session_scope(engine) as session:
         # A late "sent" and a redelivered "delivered" change nothing.
-        assert tracking.apply_updates(session, [StatusUpdate("p0", "sent"), StatusUpdate("p0", "delivered"),
-                                                StatusUpdate("p1", "delivered")]) == 0
-        rows = {m.provider_message_id: m for m in session.exec(
-            select(Message).where(Message.campaign_id == cid)).scalars()}  # type: ignore[call-overload]
+        assert (
+            tracking.apply_updates(
+                session,
+                [
+                    StatusUpdate("p0", "sent"),
+                    StatusUpdate("p0", "delivered"),
+                    StatusUpdate("p1", "delivered"),
+                ],
+            )
+            == 0
+        )
+        rows = {
+            m.provider_message_id: m
+            for m in session.exec(select(Message).where(Message.campaign_id == cid)).scalars()
+        }  # type: ignore[call-overload]
         assert rows["p0"].status == "delivered"
         assert (rows["p1"].status, rows["p1"].error_code) == ("undelivered", "30003")
         assert tracking.nonfinal_count(session, cid) == 0

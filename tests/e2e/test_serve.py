@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,8 +26,13 @@ class Served:
         self.url, self.env, self.proc = url, env, proc
 
     def cli(self, *args: str) -> dict[str, Any]:
-        r = subprocess.run([sys.executable, "-m", "deployments.cli", *args, "--json"], env=self.env,
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "deployments.cli", *args, "--json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)  # type: ignore[no-any-return]
 
@@ -38,19 +42,26 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data = tmp_path_factory.mktemp("serve")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CAMPAIGNS_"))}
-    env.update({
-        "CAMPAIGNS_DATA_DIR": str(data),
-        "CAMPAIGNS_PREFECT_PORT": str(free_port()),
-        "CAMPAIGNS_API__RATE_PER_SECOND": "1000",
-        "CAMPAIGNS_API__BURST": "1000",
-        "CAMPAIGNS_SANDBOX__DELIVERY_DELAY_S": "1",
-        "CAMPAIGNS_DELIVERY__POLL_INTERVAL_S": "0.5",
-        "CAMPAIGNS_RECONCILE_INTERVAL_S": "2",
-        "CAMPAIGNS_CHUNK_SIZE": "100",
-    })
+    env.update(
+        {
+            "CAMPAIGNS_DATA_DIR": str(data),
+            "CAMPAIGNS_PREFECT_PORT": str(free_port()),
+            "CAMPAIGNS_API__RATE_PER_SECOND": "1000",
+            "CAMPAIGNS_API__BURST": "1000",
+            "CAMPAIGNS_SANDBOX__DELIVERY_DELAY_S": "1",
+            "CAMPAIGNS_DELIVERY__POLL_INTERVAL_S": "0.5",
+            "CAMPAIGNS_RECONCILE_INTERVAL_S": "2",
+            "CAMPAIGNS_CHUNK_SIZE": "100",
+        }
+    )
     log = (data / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "deployments.cli", "serve", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deployments.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
@@ -73,23 +84,31 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def tenant(served: Served) -> dict[str, Any]:
     account = served.cli("accounts", "create", "e2e shop", "--credits", "1000")
-    served.cli("sender-ids", "add", account["account_id"], "--channel", "sms", "--value", "SHOP",
-               "--approved")
+    served.cli(
+        "sender-ids", "add", account["account_id"], "--channel", "sms", "--value", "SHOP", "--approved"
+    )
     headers = {"Authorization": f"Bearer {account['api_key']}"}
     with httpx.Client(base_url=served.url, headers=headers, timeout=30) as api:
         lst = api.post("/v1/contact-lists", json={"name": "all"}).json()
         for i in range(60):
             phone = "+15005550001" if i == 0 else f"+1415555{i:04d}"
-            r = api.post("/v1/contacts", json={"name": f"Person {i}", "phone": phone,
-                                               "lists": [lst["id"]]})
+            r = api.post("/v1/contacts", json={"name": f"Person {i}", "phone": phone, "lists": [lst["id"]]})
             assert r.status_code == 201, r.text
     return {**account, "headers": headers, "list_id": lst["id"]}
 
 
 def _campaign(api: httpx.Client, tenant: dict[str, Any], **over: Any) -> httpx.Response:
-    return api.post("/v1/campaigns", json={
-        "name": "e2e", "channel": "sms", "contact_list_id": tenant["list_id"], "sender_id": "SHOP",
-        "body": "Hello {{first_name}}", **over})
+    return api.post(
+        "/v1/campaigns",
+        json={
+            "name": "e2e",
+            "channel": "sms",
+            "contact_list_id": tenant["list_id"],
+            "sender_id": "SHOP",
+            "body": "Hello {{first_name}}",
+            **over,
+        },
+    )
 
 
 def _wait(api: httpx.Client, cid: str, until: set[str], timeout: float) -> tuple[dict[str, Any], list[str]]:
@@ -116,8 +135,7 @@ def test_campaign_completes_through_serve(served: Served, tenant: dict[str, Any]
         assert (c["total_recipients"], c["delivered_count"], c["failed_count"]) == (60, 59, 1)
         failed = api.get(f"/v1/campaigns/{c['id']}/messages?status=failed").json()["data"]
         assert [m["error_code"] for m in failed] == ["invalid_recipient"]
-        assert api.get("/v1/credits").json() == {"balance": 1000 - 59, "reserved": 0,
-                                                 "available": 1000 - 59}
+        assert api.get("/v1/credits").json() == {"balance": 1000 - 59, "reserved": 0, "available": 1000 - 59}
 
 
 def test_scheduled_campaign_runs_at_its_time(served: Served, tenant: dict[str, Any]) -> None:
@@ -130,14 +148,18 @@ def test_scheduled_campaign_runs_at_its_time(served: Served, tenant: dict[str, A
         c = api.get(f"/v1/campaigns/{cid}").json()
         assert c["status"] == "scheduled" and c["flow_run_id"]
         prefect = served.env.get("PREFECT_API_URL") or (
-            f"http://127.0.0.1:{served.env['CAMPAIGNS_PREFECT_PORT']}/api")
+            f"http://127.0.0.1:{served.env['CAMPAIGNS_PREFECT_PORT']}/api"
+        )
         run = httpx.get(f"{prefect}/flow_runs/{c['flow_run_id']}").json()
         assert run["state"]["type"] == "SCHEDULED" and run["name"] == cid
         c, _ = _wait(api, cid, {"completed", "failed"}, 120)
         assert c["status"] == "completed"
         started = datetime.fromisoformat(c["started_at"].replace("Z", "+00:00"))
-        first_sent = min(m["sent_at"] for m in api.get(
-            f"/v1/campaigns/{cid}/messages?per_page=100").json()["data"] if m["sent_at"])
+        first_sent = min(
+            m["sent_at"]
+            for m in api.get(f"/v1/campaigns/{cid}/messages?per_page=100").json()["data"]
+            if m["sent_at"]
+        )
         assert datetime.fromisoformat(first_sent.replace("Z", "+00:00")) >= when
         assert started <= datetime.fromisoformat(c["completed_at"].replace("Z", "+00:00"))
 
@@ -164,8 +186,13 @@ def test_over_budget_campaign_is_refused(served: Served, tenant: dict[str, Any])
 
 
 def test_second_serve_on_the_same_data_dir_fails_clearly(served: Served) -> None:
-    r = subprocess.run([sys.executable, "-m", "deployments.cli", "serve", "--port", str(free_port())],
-                       env=served.env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "deployments.cli", "serve", "--port", str(free_port())],
+        env=served.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1
     assert "already using data dir" in r.stderr
 

@@ -21,11 +21,18 @@ pytestmark = pytest.mark.prefect
 
 
 def _create(engine: Engine, tenant: Tenant, **over: object) -> str:
-    data = {"name": "flow test", "channel": "sms", "contact_list_id": tenant.list_id,
-            "sender_id": tenant.sender, "body": "Hi {{first_name}}", **over}
+    data = {
+        "name": "flow test",
+        "channel": "sms",
+        "contact_list_id": tenant.list_id,
+        "sender_id": tenant.sender,
+        "body": "Hi {{first_name}}",
+        **over,
+    }
     with session_scope(engine) as session:
-        return campaigns.create_campaign(session, account_id=tenant.account_id,
-                                         data=CampaignCreate.model_validate(data)).id
+        return campaigns.create_campaign(
+            session, account_id=tenant.account_id, data=CampaignCreate.model_validate(data)
+        ).id
 
 
 def _state(engine: Engine, cid: str) -> tuple[object, dict[str, int], credits.Balance]:
@@ -40,8 +47,11 @@ async def test_campaign_runs_to_completed(flow_engine: Engine) -> None:
 
     tenant = make_tenant(flow_engine, credits_amount=50, contacts_n=9)
     with session_scope(flow_engine) as session:  # one recipient the provider rejects
-        contacts.create_contact(session, account_id=tenant.account_id, data=ContactCreate(
-            name="Bad Number", phone="+15005550001", lists=[tenant.list_id]))
+        contacts.create_contact(
+            session,
+            account_id=tenant.account_id,
+            data=ContactCreate(name="Bad Number", phone="+15005550001", lists=[tenant.list_id]),
+        )
     cid = _create(flow_engine, tenant)
     result = await send_campaign(cid)
     assert result["status"] == "completed"
@@ -65,8 +75,11 @@ async def test_rerun_after_a_crash_sends_nothing_twice(flow_engine: Engine, flow
         campaigns.adjust_hold(session, campaign_id=cid)
     await send_chunk(settings=flow_settings, engine=flow_engine, campaign_id=cid, start=0, end=4)
     with session_scope(flow_engine) as session:
-        session.execute(update(Message).where(Message.campaign_id == cid, Message.seq == 5)  # type: ignore[arg-type]
-                        .values(status="sending", claim_token="dead", attempts=1))
+        session.execute(
+            update(Message)
+            .where(Message.campaign_id == cid, Message.seq == 5)  # type: ignore[arg-type]
+            .values(status="sending", claim_token="dead", attempts=1)
+        )
     result = await send_campaign(cid)
     assert result["status"] == "completed"
     with session_scope(flow_engine) as session:
@@ -86,8 +99,11 @@ async def test_insufficient_credits_at_snapshot_fails_the_campaign(flow_engine: 
     tenant = make_tenant(flow_engine, credits_amount=3, contacts_n=3, name="short")
     cid = _create(flow_engine, tenant)
     with session_scope(flow_engine) as session:  # the list grew after the campaign was priced
-        contacts.create_contact(session, account_id=tenant.account_id, data=ContactCreate(
-            name="Late Joiner", phone="+14155551234", lists=[tenant.list_id]))
+        contacts.create_contact(
+            session,
+            account_id=tenant.account_id,
+            data=ContactCreate(name="Late Joiner", phone="+14155551234", lists=[tenant.list_id]),
+        )
     with pytest.raises(InsufficientCredits):
         await send_campaign(cid)
     campaign, counts, balance = _state(flow_engine, cid)
@@ -120,12 +136,15 @@ async def test_no_message_leaves_before_scheduled_at(flow_engine: Engine) -> Non
     assert (await send_campaign(cid))["status"] == "completed"
     assert time.monotonic() - start >= 2.5
     with session_scope(flow_engine) as session:
-        sent_at = [m.sent_at for m in session.execute(
-            select(Message).where(Message.campaign_id == cid)).scalars()]  # type: ignore[arg-type]
+        sent_at = [
+            m.sent_at for m in session.execute(select(Message).where(Message.campaign_id == cid)).scalars()
+        ]  # type: ignore[arg-type]
     assert all(s is not None and s >= when for s in sent_at)
 
 
-async def test_reconciler_mirrors_runs_that_died_without_hooks(flow_engine: Engine, flow_settings: Settings) -> None:
+async def test_reconciler_mirrors_runs_that_died_without_hooks(
+    flow_engine: Engine, flow_settings: Settings
+) -> None:
     from prefect import flow, get_client
     from prefect.states import Cancelled, Crashed
 
@@ -139,8 +158,10 @@ async def test_reconciler_mirrors_runs_that_died_without_hooks(flow_engine: Engi
     crashed, cancelled, unlaunched = (_create(flow_engine, tenant) for _ in range(3))
     async with get_client() as client:
         runs = {}
-        for cid, state in ((crashed, Crashed(message="process killed")),
-                           (cancelled, Cancelled(message="cancelled in the UI"))):
+        for cid, state in (
+            (crashed, Crashed(message="process killed")),
+            (cancelled, Cancelled(message="cancelled in the UI")),
+        ):
             run = await client.create_flow_run(stand_in, parameters={})
             await client.set_flow_run_state(run.id, state, force=True)
             runs[cid] = str(run.id)
@@ -148,8 +169,11 @@ async def test_reconciler_mirrors_runs_that_died_without_hooks(flow_engine: Engi
         for cid, run_id in runs.items():
             campaigns.start_run(session, campaign_id=cid, flow_run_id=run_id)
             campaigns.take_snapshot(session, campaign_id=cid)
-        session.execute(update(campaigns.Campaign).where(campaigns.Campaign.id == unlaunched)  # type: ignore[arg-type]
-                        .values(created_at=utcnow() - timedelta(minutes=1)))
+        session.execute(
+            update(campaigns.Campaign)
+            .where(campaigns.Campaign.id == unlaunched)  # type: ignore[arg-type]
+            .values(created_at=utcnow() - timedelta(minutes=1))
+        )
     launcher = RecordingLauncher()
     report = await reconcile_once(flow_settings, launcher)
     assert crashed in report.failed and cancelled in report.cancelled
@@ -171,9 +195,14 @@ async def test_launch_campaign_creates_and_triggers(flow_engine: Engine) -> None
     for deployment in await build_deployments():
         await deployment.aapply()  # type: ignore[attr-defined]
     tenant = make_tenant(flow_engine, contacts_n=2, name="launcher")
-    cid = await launch_campaign(account_id=tenant.account_id, name="From the UI", channel="sms",
-                                contact_list_id=tenant.list_id, sender_id=tenant.sender,
-                                body="Hello {{name}}")
+    cid = await launch_campaign(
+        account_id=tenant.account_id,
+        name="From the UI",
+        channel="sms",
+        contact_list_id=tenant.list_id,
+        sender_id=tenant.sender,
+        body="Hello {{name}}",
+    )
     campaign, _, balance = _state(flow_engine, cid)
     assert campaign.flow_run_id and balance.reserved == 2  # type: ignore[attr-defined]
     async with get_client() as client:
@@ -184,6 +213,7 @@ async def test_launch_campaign_creates_and_triggers(flow_engine: Engine) -> None
     # The same key never creates a second run.
     from flows.launcher import PrefectLauncher
 
-    again = await PrefectLauncher().launch(campaign_id=cid, account_id=tenant.account_id,
-                                           channel="sms", scheduled_at=None)
+    again = await PrefectLauncher().launch(
+        campaign_id=cid, account_id=tenant.account_id, channel="sms", scheduled_at=None
+    )
     assert again == campaign.flow_run_id  # type: ignore[attr-defined]

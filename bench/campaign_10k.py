@@ -1,0 +1,190 @@
+"""Benchmark: a 10,000-recipient sandbox campaign through the real pipeline.
+
+Starts `campaigns serve` (Prefect server, worker, API) on free ports in a temporary data dir,
+bulk-loads the contacts, creates the campaign over HTTP and follows it to `completed`. Prints
+dispatch throughput (messages/second from `processing` to everything handed to the provider),
+end-to-end time, and the peak RSS (VmHWM) of the flow-run process.
+
+    python bench/campaign_10k.py [--recipients 10000] [--latency-ms 0] [--chunk-size 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import insert
+
+from core import accounts, contacts, sender_ids
+from core.db import get_engine, migrate, session_scope
+from core.ids import new_id
+from core.settings import Settings
+from core.timeutil import utcnow
+from deployments.stack import free_port
+from models import Contact, ListMembership
+
+
+def bootstrap(settings: Settings, n: int) -> tuple[str, str]:
+    """An account, an approved sender and a list of n contacts (bulk insert)."""
+    migrate(settings)
+    engine = get_engine(settings)
+    with session_scope(engine) as session:
+        new = accounts.create_account(session, name="bench", credits_amount=n * 2)
+        lst = contacts.create_list(session, account_id=new.account_id, name="bench")
+        sender_ids.register(session, account_id=new.account_id, channel="sms", value="BENCH", approved=True)
+        now = utcnow()
+        rows, members = [], []
+        for i in range(n):
+            cid = new_id("cnt")
+            rows.append(
+                {
+                    "id": cid,
+                    "account_id": new.account_id,
+                    "name": f"Bench Person{i}",
+                    "phone": f"+1{2000000000 + i}",
+                    "attributes": {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            members.append({"list_id": lst.id, "contact_id": cid, "created_at": now})
+        session.execute(insert(Contact.__table__), rows)  # type: ignore[attr-defined]
+        session.execute(insert(ListMembership.__table__), members)  # type: ignore[attr-defined]
+    return new.api_key, lst.id
+
+
+class PeakRss:
+    """Samples VmHWM of every flow-run process (python -m prefect.engine … ) below a root pid."""
+
+    def __init__(self) -> None:
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    if b"prefect.engine" not in cmd and b"flow_run" not in cmd:
+                        continue
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+                except OSError:
+                    continue
+            time.sleep(0.1)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recipients", type=int, default=10_000)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--chunk-size", type=int, default=1000)
+    args = parser.parse_args()
+
+    data = Path(tempfile.mkdtemp(prefix="campaigns-bench-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CAMPAIGNS_"))}
+    env.update(
+        {
+            "CAMPAIGNS_DATA_DIR": str(data),
+            "CAMPAIGNS_PREFECT_PORT": str(free_port()),
+            "CAMPAIGNS_SANDBOX__LATENCY_MS": str(args.latency_ms),
+            "CAMPAIGNS_SANDBOX__DELIVERY_DELAY_S": "0.5",
+            "CAMPAIGNS_CHUNK_SIZE": str(args.chunk_size),
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+    )
+    settings = Settings(data_dir=data)
+    api_key, list_id = bootstrap(settings, args.recipients)
+    log = (data / "serve.log").open("w")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "deployments.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if serve.poll() is not None or time.monotonic() > deadline:
+                print((data / "serve.log").read_text())
+                return 1
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        headers = {"Authorization": f"Bearer {api_key}"}
+        with PeakRss() as rss, httpx.Client(base_url=url, headers=headers, timeout=30) as api:
+            t_create = time.monotonic()
+            r = api.post(
+                "/v1/campaigns",
+                json={
+                    "name": "bench",
+                    "channel": "sms",
+                    "contact_list_id": list_id,
+                    "sender_id": "BENCH",
+                    "body": "Hello {{first_name}}!",
+                },
+            )
+            r.raise_for_status()
+            cid = r.json()["id"]
+            t_processing = t_dispatched = None
+            while True:
+                c = api.get(f"/v1/campaigns/{cid}").json()
+                now = time.monotonic()
+                if t_processing is None and c["status"] != "draft":
+                    t_processing = now
+                if t_dispatched is None and c["status"] in ("sent", "completed"):
+                    t_dispatched = now
+                if c["status"] in ("completed", "failed", "cancelled"):
+                    t_done = now
+                    break
+                time.sleep(0.1)
+        assert t_processing is not None and t_dispatched is not None
+        total = c["total_recipients"]
+        print(f"recipients:               {total}")
+        print(
+            f"final status:             {c['status']} (delivered {c['delivered_count']}, "
+            f"failed {c['failed_count']})"
+        )
+        print(f"create → processing:      {t_processing - t_create:.1f} s (runner poll + flow start)")
+        print(
+            f"dispatch (processing → sent): {t_dispatched - t_processing:.1f} s "
+            f"= {total / max(t_dispatched - t_processing, 1e-9):,.0f} messages/s"
+        )
+        print(
+            f"end to end (create → completed): {t_done - t_create:.1f} s "
+            f"= {total / (t_done - t_create):,.0f} messages/s"
+        )
+        print(f"flow-run process peak RSS: {rss.peak_kb / 1024:.0f} MB")
+        return 0 if c["status"] == "completed" else 1
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
