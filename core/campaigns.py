@@ -276,8 +276,8 @@ def record_flow_run(session: Session, *, campaign_id: str, flow_run_id: str) -> 
 
 
 def release_for_resume(session: Session, *, campaign_id: str, flow_run_id: str) -> bool:
-    """Detach a campaign from a run that a worker shutdown stopped, so that the reconciler
-    starts a new run (with a new idempotency key) that resumes it."""
+    """Detach a campaign from a run that stopped without finishing it (worker shutdown or
+    crash), so that the reconciler starts a new run (new idempotency key) that resumes it."""
     result = session.execute(
         update(Campaign)
         .where(
@@ -285,9 +285,29 @@ def release_for_resume(session: Session, *, campaign_id: str, flow_run_id: str) 
             col(Campaign.flow_run_id) == flow_run_id,
             col(Campaign.status).in_(OPEN_STATUSES),
         )
-        .values(flow_run_id=None, resume_count=Campaign.resume_count + 1)
+        .values(flow_run_id=None, resume_count=Campaign.resume_count + 1, heartbeat_at=None)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def resume_or_fail(
+    session: Session, *, campaign_id: str, flow_run_id: str, reason: str, max_resumes: int
+) -> str:
+    """A crashed run: resume the campaign in a new run, or fail it after `max_resumes` tries.
+    Returns "resumed", "failed" or "" (nothing to do: already final or another run)."""
+    campaign = load(session, campaign_id)
+    if campaign.status not in OPEN_STATUSES or campaign.flow_run_id not in (None, flow_run_id):
+        return ""
+    if campaign.resume_count < max_resumes and release_for_resume(
+        session, campaign_id=campaign_id, flow_run_id=flow_run_id
+    ):
+        return "resumed"
+    return "failed" if fail(session, campaign_id=campaign_id, reason=reason) else ""
+
+
+def beat(session: Session, *, campaign_id: str) -> None:
+    """The running flow is alive."""
+    session.execute(update(Campaign).where(col(Campaign.id) == campaign_id).values(heartbeat_at=utcnow()))
 
 
 def launch_key(campaign: Campaign) -> str:

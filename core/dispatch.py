@@ -133,6 +133,8 @@ class ChunkSender:
         self.channel = channel
         self.report = ChunkReport()
         self._buffer: list[_Outcome] = []
+        # Claimed rows whose request has not gone out yet: safe to hand back if we stop.
+        self._unsent: set[str] = set()
 
     # -- database steps (run in a thread so in-flight sends keep going) --
 
@@ -219,6 +221,14 @@ class ChunkSender:
             )
             return [dict(r) for r in rows]
 
+    def _unclaim(self, message_ids: list[str]) -> None:
+        with session_scope(self.engine) as session:
+            session.execute(
+                update(Message)
+                .where(col(Message.id).in_(message_ids), col(Message.status) == MessageStatus.sending)
+                .values(status=MessageStatus.pending, claim_token=None, updated_at=utcnow())
+            )
+
     def _write(self, outcomes: list[_Outcome]) -> None:
         now = utcnow()
         table = Message.__table__  # type: ignore[attr-defined]
@@ -271,6 +281,7 @@ class ChunkSender:
         attempt = 0
         while True:
             await pacer.acquire()
+            self._unsent.discard(message.message_id)
             try:
                 return await channel.send(message)
             except TransientSendError as exc:
@@ -338,17 +349,22 @@ class ChunkSender:
             config.rate_per_second if config.rate_per_second is not None else channel.default_rate_per_second,
             config.concurrency or channel.default_concurrency,
         )
+        # Claim little more than can be in flight: what is claimed but unsent when a worker is
+        # killed can only be failed as outcome_unknown.
+        concurrency = config.concurrency or channel.default_concurrency
+        claim_batch = min(CLAIM_BATCH, max(32, 2 * concurrency))
         in_flight: set[asyncio.Task[None]] = set()
         await channel.open()
         try:
             while True:
-                rows = await asyncio.to_thread(self._claim, CLAIM_BATCH)
+                rows = await asyncio.to_thread(self._claim, claim_batch)
                 if rows is None:
                     self.report.stopped = True
                     break
                 if not rows:
                     break
                 self.report.claimed += len(rows)
+                self._unsent.update(row["id"] for row in rows)
                 for row in rows:
                     await pacer.semaphore.acquire()
                     task = asyncio.create_task(self._send_one(channel, pacer, view, row))
@@ -361,6 +377,8 @@ class ChunkSender:
         finally:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+            if self._unsent:  # stopped early (cancelled, shutting down): never sent, so pending again
+                self._unclaim(list(self._unsent))
             await self._flush()
             await channel.close()
         return self.report

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     prefect_port: int = 4200
     reconcile_interval_s: float = 10.0
     runner_limit: int = 8
+    # Flow-run heartbeats; a run silent for 3 periods is marked Crashed (zombie automation).
+    heartbeat_s: int = Field(default=30, ge=30)
+    # A running campaign whose flow has not written its heartbeat for this long is dead.
+    stale_after_s: float = 60.0
+    # How many times a crashed run is resumed automatically before the campaign fails.
+    max_resumes: int = 3
 
     api: ApiSettings = ApiSettings()
     delivery: DeliverySettings = DeliverySettings()

@@ -39,6 +39,53 @@ async def build_deployments() -> list[object]:
     ]
 
 
+ZOMBIE_AUTOMATION = "campaigns: crash zombie flow runs"
+
+
+async def ensure_zombie_automation(heartbeat_s: int) -> None:
+    """Create (once per Prefect server) the automation that marks a run Crashed when its
+    heartbeats stop: the runner and the flow killed together run no hook, and without this the
+    run would stay Running forever. The reconciler then fails the campaign."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        await Automation.aread(name=ZOMBIE_AUTOMATION)
+        return
+    except ValueError:
+        pass
+    await Automation(
+        name=ZOMBIE_AUTOMATION,
+        description="Marks flow runs Crashed when they stop sending heartbeats.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=3 * heartbeat_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message="Flow run marked as crashed: its heartbeats stopped (worker killed?).",
+            )
+        ],
+    ).acreate()
+
+
 async def run_worker(settings: Settings) -> None:
     """Register the deployments and execute their runs until SIGTERM/SIGINT."""
     from prefect.runner import Runner
@@ -47,10 +94,15 @@ async def run_worker(settings: Settings) -> None:
     from flows.launcher import PrefectLauncher
 
     migrate(settings)
+    try:
+        await ensure_zombie_automation(settings.heartbeat_s)
+    except Exception:
+        log.exception("could not create the zombie-run automation; crashed runs rely on hooks")
     runner = Runner(
         name=f"campaigns-{socket.gethostname()}-{os.getpid()}",
         limit=settings.runner_limit,
         pause_on_shutdown=False,
+        heartbeat_seconds=settings.heartbeat_s,
     )
     for deployment in await build_deployments():
         await runner.aadd_deployment(deployment)  # type: ignore[arg-type]

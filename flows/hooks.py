@@ -32,8 +32,19 @@ def mark_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> N
     if campaign_id is None:
         return
     reason = f"{state.name}: {state.message or 'flow run ended without a message'}"
-    with session_scope(get_engine(get_settings())) as session:
-        if campaigns.fail(session, campaign_id=campaign_id, reason=reason):
+    settings = get_settings()
+    with session_scope(get_engine(settings)) as session:
+        if state.is_crashed():
+            # The process died (killed, out of memory): resume in a new run, a few times.
+            outcome = campaigns.resume_or_fail(
+                session,
+                campaign_id=campaign_id,
+                flow_run_id=str(flow_run.id),
+                reason=reason,
+                max_resumes=settings.max_resumes,
+            )
+            log.info("campaign %s after a crash: %s", campaign_id, outcome or "unchanged")
+        elif campaigns.fail(session, campaign_id=campaign_id, reason=reason):
             log.info("campaign %s failed: %s", campaign_id, reason)
 
 

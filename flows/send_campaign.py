@@ -35,6 +35,7 @@ from tasks.campaign_tasks import (
 )
 
 SCHEDULE_CHECK_S = 5.0
+HEARTBEAT_S = 5.0
 
 
 def _tx(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -68,6 +69,16 @@ async def _wait_for_schedule(campaign_id: str) -> bool:
         await asyncio.sleep(min(wait, SCHEDULE_CHECK_S))
 
 
+async def _heartbeat(campaign_id: str) -> None:
+    """Tell the reconciler this run is alive (it resumes campaigns whose runs went silent)."""
+    while True:
+        try:
+            await _db(campaigns.beat, campaign_id=campaign_id)
+        except Exception as exc:  # a missed beat is not worth failing the campaign for
+            get_run_logger().warning("heartbeat of %s not written: %s", campaign_id, exc)
+        await asyncio.sleep(HEARTBEAT_S)
+
+
 def _summary_rows(campaign_id: str) -> list[dict[str, Any]]:
     def _rows(session: Any) -> list[dict[str, Any]]:
         campaign = campaigns.load(session, campaign_id)
@@ -95,6 +106,14 @@ def _summary_rows(campaign_id: str) -> list[dict[str, Any]]:
 )
 async def send_campaign(campaign_id: str) -> dict[str, Any]:
     """Send a campaign to every recipient and see each message to a final status."""
+    heartbeat = asyncio.create_task(_heartbeat(campaign_id))
+    try:
+        return await _send_campaign(campaign_id)
+    finally:
+        heartbeat.cancel()
+
+
+async def _send_campaign(campaign_id: str) -> dict[str, Any]:
     logger = get_run_logger()
     settings = get_settings()
     # The campaign stays `scheduled` while the run waits for its time (runners start early).

@@ -103,6 +103,8 @@ class Campaign(SQLModel, table=True):
     flow_run_id: str | None = Field(default=None, max_length=40)
     # Bumped when a run is stopped by a worker shutdown and must be relaunched (new run key).
     resume_count: int = 0
+    # Written by the running flow every few seconds; a stale one means the run died silently.
+    heartbeat_at: datetime | None = None
     total_recipients: int = 0
     skipped_count: int = 0
     credits_reserved: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))

@@ -42,6 +42,7 @@ class RecordingLauncher:
                 "account_id": account_id,
                 "channel": channel,
                 "scheduled_at": scheduled_at,
+                "key": key,
             }
         )
         return f"fr-{campaign_id}"

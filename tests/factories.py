@@ -55,3 +55,36 @@ def make_tenant(
                 ),
             )
     return Tenant(new.account_id, new.api_key, lst.id, sender)
+
+
+def bulk_tenant(engine: Engine, n: int, *, credits_amount: int | None = None, sender: str = "BULK") -> Tenant:
+    """An account with an approved SMS sender and a list of `n` contacts, bulk-inserted."""
+    from sqlalchemy import insert
+
+    from core.ids import new_id
+    from core.timeutil import utcnow
+    from models import Contact, ListMembership
+
+    with session_scope(engine) as session:
+        new = accounts.create_account(session, name="bulk", credits_amount=credits_amount or 2 * n)
+        lst = contacts.create_list(session, account_id=new.account_id, name="bulk")
+        sender_ids.register(session, account_id=new.account_id, channel="sms", value=sender, approved=True)
+        now = utcnow()
+        rows, members = [], []
+        for i in range(n):
+            cid = new_id("cnt")
+            rows.append(
+                {
+                    "id": cid,
+                    "account_id": new.account_id,
+                    "name": f"Person {i}",
+                    "phone": f"+1{2000000000 + i}",
+                    "attributes": {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            members.append({"list_id": lst.id, "contact_id": cid, "created_at": now})
+        session.execute(insert(Contact.__table__), rows)  # type: ignore[attr-defined]
+        session.execute(insert(ListMembership.__table__), members)  # type: ignore[attr-defined]
+    return Tenant(new.account_id, new.api_key, lst.id, sender)

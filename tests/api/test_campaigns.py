@@ -58,7 +58,13 @@ def test_create_returns_the_campaign_and_starts_its_flow_run(
     assert (c["total_recipients"], c["delivered_count"], c["failed_count"]) == (3, 0, 0)
     assert c["created_at"].endswith("Z") and c["started_at"] is None
     assert launcher.launched == [
-        {"campaign_id": c["id"], "account_id": tenant.account_id, "channel": "sms", "scheduled_at": None}
+        {
+            "campaign_id": c["id"],
+            "account_id": tenant.account_id,
+            "channel": "sms",
+            "scheduled_at": None,
+            "key": None,
+        }
     ]
     assert credits_of(client, tenant) == {"balance": 100, "reserved": 3, "available": 97}
     got = client.get(f"/v1/campaigns/{c['id']}", headers=tenant.headers).json()

@@ -145,8 +145,10 @@ async def test_no_message_leaves_before_scheduled_at(flow_engine: Engine) -> Non
 async def test_reconciler_mirrors_runs_that_died_without_hooks(
     flow_engine: Engine, flow_settings: Settings
 ) -> None:
+    import asyncio
+
     from prefect import flow, get_client
-    from prefect.states import Cancelled, Crashed
+    from prefect.states import Cancelled, Crashed, Running
 
     from deployments.reconciler import reconcile_once
 
@@ -155,13 +157,16 @@ async def test_reconciler_mirrors_runs_that_died_without_hooks(
         return None
 
     tenant = make_tenant(flow_engine, credits_amount=100, contacts_n=2, name="reconciled")
-    crashed, cancelled, unlaunched = (_create(flow_engine, tenant) for _ in range(3))
+    crashed, crashed_often, silent, cancelled, unlaunched = (_create(flow_engine, tenant) for _ in range(5))
+    states = {
+        crashed: Crashed(message="process killed"),
+        crashed_often: Crashed(message="out of memory"),
+        silent: Running(),
+        cancelled: Cancelled(message="cancelled in the UI"),
+    }
+    runs = {}
     async with get_client() as client:
-        runs = {}
-        for cid, state in (
-            (crashed, Crashed(message="process killed")),
-            (cancelled, Cancelled(message="cancelled in the UI")),
-        ):
+        for cid, state in states.items():
             run = await client.create_flow_run(stand_in, parameters={})
             await client.set_flow_run_state(run.id, state, force=True)
             runs[cid] = str(run.id)
@@ -170,20 +175,36 @@ async def test_reconciler_mirrors_runs_that_died_without_hooks(
             campaigns.start_run(session, campaign_id=cid, flow_run_id=run_id)
             campaigns.take_snapshot(session, campaign_id=cid)
         session.execute(
+            update(campaigns.Campaign).where(campaigns.Campaign.id == crashed_often).values(resume_count=3)
+        )
+        session.execute(
             update(campaigns.Campaign)
-            .where(campaigns.Campaign.id == unlaunched)  # type: ignore[arg-type]
+            .where(campaigns.Campaign.id == unlaunched)
             .values(created_at=utcnow() - timedelta(minutes=1))
         )
+    await asyncio.sleep(1.2)
     launcher = RecordingLauncher()
-    report = await reconcile_once(flow_settings, launcher)
-    assert crashed in report.failed and cancelled in report.cancelled
+    settings = flow_settings.model_copy(update={"stale_after_s": 1.0})
+    report = await reconcile_once(settings, launcher)
+    # A crash (or a run gone silent) is resumed by a new run; too many crashes fail the campaign.
+    assert sorted(report.resumed) == sorted([crashed, silent])
+    assert report.failed == [crashed_often] and report.cancelled == [cancelled]
     assert [c["campaign_id"] for c in launcher.launched] == [unlaunched]
-    assert _state(flow_engine, crashed)[0].status == "failed"  # type: ignore[attr-defined]
-    assert "process killed" in (_state(flow_engine, crashed)[0].failure_reason or "")  # type: ignore[attr-defined]
+    c = _state(flow_engine, crashed)[0]
+    assert (c.status, c.flow_run_id, c.resume_count) == ("processing", None, 1)  # type: ignore[attr-defined]
+    failed = _state(flow_engine, crashed_often)[0]
+    assert failed.status == "failed" and "out of memory" in (failed.failure_reason or "")  # type: ignore[attr-defined]
     assert _state(flow_engine, cancelled)[0].status == "cancelled"  # type: ignore[attr-defined]
-    assert _state(flow_engine, unlaunched)[0].flow_run_id == f"fr-{unlaunched}"  # type: ignore[attr-defined]
-    # Only the relaunched campaign still holds credits.
-    assert _state(flow_engine, crashed)[2].reserved == 2
+    async with get_client() as client:
+        assert (await client.read_flow_run(runs[silent])).state.is_crashed()
+
+    # The next pass starts the new runs, each with its own idempotency key.
+    report = await reconcile_once(settings, launcher)
+    assert sorted(report.launched) == sorted([crashed, silent])
+    assert {c["key"] for c in launcher.launched[1:]} == {f"{crashed}:resume-1", f"{silent}:resume-1"}
+    assert _state(flow_engine, crashed)[0].flow_run_id == f"fr-{crashed}"  # type: ignore[attr-defined]
+    # Only the open campaigns still hold credits: crashed, silent, unlaunched (2 each).
+    assert _state(flow_engine, crashed)[2].reserved == 6
 
 
 async def test_launch_campaign_creates_and_triggers(flow_engine: Engine) -> None:
