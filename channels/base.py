@@ -95,3 +95,9 @@ class Channel(Protocol):
     async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
         """The final status of an accepted message, or None while it is not final yet."""
         ...
+
+
+class ProviderConfigError(Exception):
+    """The provider refused our credentials or configuration (not the recipient): every message
+    would fail the same way, so the chunk stops and the campaign fails with this reason; the
+    messages it held go back to pending for a retry once the configuration is fixed."""

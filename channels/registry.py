@@ -5,14 +5,26 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from channels.base import Channel
+from channels.email_smtp import SmtpChannel
 from channels.sandbox import SandboxChannel
+from channels.slack_web import SlackChannel
+from channels.sms_twilio import TwilioChannel
+from channels.telegram_bot import TelegramChannel
+from channels.whatsapp_cloud import WhatsAppCloudChannel
 from core.settings import Settings
 
 CHANNELS = ("sms", "whatsapp", "telegram", "email", "slack")
 
-# provider name -> factory(channel name, settings). Real providers register here.
-PROVIDERS: dict[str, Callable[[str, Settings], Channel]] = {
-    "sandbox": lambda channel, settings: SandboxChannel(channel, settings.sandbox),
+Factory = Callable[[str, Settings], Channel]
+
+# provider name -> (the channels it serves, factory(channel name, settings))
+PROVIDERS: dict[str, tuple[frozenset[str], Factory]] = {
+    "sandbox": (frozenset(CHANNELS), lambda channel, s: SandboxChannel(channel, s.sandbox)),
+    "twilio": (frozenset({"sms"}), lambda _c, s: TwilioChannel(s.twilio, public_url=s.public_url)),
+    "cloud_api": (frozenset({"whatsapp"}), lambda _c, s: WhatsAppCloudChannel(s.whatsapp_cloud)),
+    "bot_api": (frozenset({"telegram"}), lambda _c, s: TelegramChannel(s.telegram_bot)),
+    "smtp": (frozenset({"email"}), lambda _c, s: SmtpChannel(s.smtp)),
+    "web_api": (frozenset({"slack"}), lambda _c, s: SlackChannel(s.slack_web)),
 }
 
 
@@ -25,10 +37,11 @@ def build_channel(channel: str, settings: Settings) -> Channel:
     if channel not in CHANNELS:
         raise UnknownProvider(f"unknown channel {channel!r}")
     provider = settings.channel(channel).provider
-    factory = PROVIDERS.get(provider)
-    if factory is None:
+    served, factory = PROVIDERS.get(provider, (frozenset(), None))
+    if factory is None or channel not in served:
+        available = sorted(name for name, (chans, _f) in PROVIDERS.items() if channel in chans)
         raise UnknownProvider(
             f"provider {provider!r} is not available for channel {channel!r}; "
-            f"available: {', '.join(sorted(PROVIDERS))}"
+            f"available: {', '.join(available)}"
         )
     return factory(channel, settings)

@@ -24,6 +24,7 @@ from channels.base import (
     Channel,
     OutboundMessage,
     PermanentSendError,
+    ProviderConfigError,
     SendResult,
     TransientSendError,
 )
@@ -284,6 +285,9 @@ class ChunkSender:
             self._unsent.discard(message.message_id)
             try:
                 return await channel.send(message)
+            except ProviderConfigError:
+                self._unsent.add(message.message_id)  # refused before sending: hand it back
+                raise
             except TransientSendError as exc:
                 attempt += 1
                 backoff = min(delivery.max_backoff_s, 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)

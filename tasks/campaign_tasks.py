@@ -78,7 +78,8 @@ async def plan_chunks(campaign_id: str) -> list[tuple[int, int]]:
 def _chunk_retry_condition(_task: Any, _run: Any, state: Any) -> bool:
     # Infrastructure hiccups (database locked, connection reset) are worth a chunk retry;
     # the message ledger makes the retry skip what is already done.
-    return "NotFound" not in str(state.message)
+    message = str(state.message)
+    return "NotFound" not in message and "ProviderConfigError" not in message
 
 
 @task(

@@ -1,0 +1,121 @@
+"""Email over SMTP (aiosmtplib): one connection per chunk, reused for every message.
+
+A 250 after DATA means the relay accepted the message: delivered for this service (SPEC). Per
+recipient, 4xx replies are transient and 5xx permanent; a dropped connection is reopened."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+import aiosmtplib
+
+from channels.base import (
+    OutboundMessage,
+    PermanentSendError,
+    ProviderConfigError,
+    SendResult,
+    StatusUpdate,
+    TransientSendError,
+)
+from core.settings import SmtpSettings
+
+
+def build_email(message: OutboundMessage, message_id: str) -> EmailMessage:
+    """A UTF-8 text email with the headers bulk mail needs."""
+    email = EmailMessage()
+    email["From"] = message.sender
+    email["To"] = message.to
+    email["Subject"] = message.subject or ""
+    email["Date"] = formatdate(usegmt=True)
+    email["Message-ID"] = message_id
+    email["List-Unsubscribe"] = f"<mailto:{message.sender}?subject=unsubscribe>"
+    email["X-Campaign-ID"] = message.campaign_id
+    email.set_content(message.body or "", charset="utf-8")
+    return email
+
+
+def _classify(code: int, text: str) -> Exception:
+    if 400 <= code < 500:
+        return TransientSendError(f"SMTP {code}: {text}", code=str(code))
+    return PermanentSendError(f"SMTP {code}: {text}", code=str(code))
+
+
+class SmtpChannel:
+    """SMTP adapter."""
+
+    name = "email"
+    # Relays differ (and throttle with 421/451); one connection per chunk sends serially.
+    default_rate_per_second: float | None = 20.0
+    default_concurrency = 4
+    supports_status_lookup = False
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self.smtp: aiosmtplib.SMTP | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        smtp = aiosmtplib.SMTP(
+            hostname=self.settings.host,
+            port=self.settings.port,
+            start_tls=self.settings.starttls,
+            timeout=30,
+        )
+        try:
+            await smtp.connect()
+            if self.settings.username:
+                await smtp.login(self.settings.username, self.settings.password.get_secret_value())
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise ProviderConfigError(f"SMTP login refused: {exc}") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise TransientSendError(f"cannot open an SMTP session: {exc}", code="connection_error") from exc
+        return smtp
+
+    async def open(self) -> None:
+        """Connections open lazily, on the first message."""
+
+    async def close(self) -> None:
+        """QUIT the session."""
+        if self.smtp is not None:
+            try:
+                await self.smtp.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                self.smtp.close()
+            self.smtp = None
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """MAIL/RCPT/DATA over the chunk's connection; 250 → delivered (accepted by the relay)."""
+        domain = message.sender.rsplit("@", 1)[-1] or "localhost"
+        message_id = make_msgid(idstring=message.message_id, domain=domain)
+        email = build_email(message, message_id)
+        async with self._lock:  # one SMTP transaction at a time per connection
+            if self.smtp is None or not self.smtp.is_connected:
+                self.smtp = await self._connect()
+            try:
+                refused, _reply = await self.smtp.send_message(
+                    email, sender=message.sender, recipients=[message.to]
+                )
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                first = exc.recipients[0]
+                raise _classify(first.code, first.message) from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                if exc.code == 421:  # the server is closing the session: reconnect next time
+                    self.smtp.close()
+                    self.smtp = None
+                raise _classify(exc.code, exc.message) from exc
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+                if self.smtp is not None:
+                    self.smtp.close()
+                self.smtp = None
+                raise TransientSendError(f"SMTP connection lost: {exc}", code="connection_error") from exc
+        if message.to in refused:
+            response = refused[message.to]
+            raise _classify(response.code, response.message)
+        return SendResult(provider_message_id=message_id.strip("<>"), status="delivered")
+
+    async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
+        """A relay's 250 is final for this service."""
+        return None

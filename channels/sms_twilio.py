@@ -1,0 +1,143 @@
+"""SMS through the Twilio Messages API (2010-04-01).
+
+Send: POST {base}/2010-04-01/Accounts/{AccountSid}/Messages.json, form fields To, From, Body,
+StatusCallback; HTTP basic auth; 201 with the message resource (`sid` is our provider id).
+Status: GET …/Messages/{sid}.json, and status callbacks (webhook). Errors come back as
+{"code", "message", "more_info", "status"}."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import httpx
+
+from channels.base import (
+    OutboundMessage,
+    PermanentSendError,
+    ProviderConfigError,
+    SendResult,
+    StatusUpdate,
+    TransientSendError,
+)
+from channels.http import json_or_empty, make_client, raise_for_transient_status, request, retry_after_seconds
+from core.settings import TwilioSettings
+
+# Synchronous error codes that are about our account or sender, not the recipient.
+CONFIG_CODES = frozenset({20003, 20005, 21212, 21408, 21606, 21608, 21659, 21603, 21604})
+OPT_OUT_CODES = frozenset({21610})
+RATE_LIMIT_CODES = frozenset({20429, 21611})  # concurrency limit; queue full
+
+FINAL = {
+    "delivered": "delivered",
+    "read": "delivered",
+    "undelivered": "undelivered",
+    "failed": "failed",
+    "canceled": "failed",
+}
+
+
+def map_status(twilio_status: str) -> str | None:
+    """Twilio's status → ours when it is final (or `sent`), None while still in Twilio's queue."""
+    if twilio_status in FINAL:
+        return FINAL[twilio_status]
+    if twilio_status == "sent":
+        return "sent"
+    return None
+
+
+class TwilioChannel:
+    """Twilio SMS adapter."""
+
+    name = "sms"
+    # Twilio queues beyond a sender's MPS (1/s long code, 3 toll-free, 10 international, 30 short
+    # code) rather than rejecting; 10/s keeps queues short for most senders. Tune per account.
+    default_rate_per_second: float | None = 10.0
+    default_concurrency = 10
+    supports_status_lookup = True
+
+    def __init__(
+        self,
+        settings: TwilioSettings,
+        *,
+        public_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not settings.account_sid or not settings.auth_token.get_secret_value():
+            raise ProviderConfigError("Twilio needs CAMPAIGNS_TWILIO__ACCOUNT_SID and __AUTH_TOKEN")
+        self.settings = settings
+        self.public_url = public_url
+        self.transport = transport
+        self.client: httpx.AsyncClient | None = None
+        self.path = f"/2010-04-01/Accounts/{settings.account_sid}/Messages"
+
+    async def open(self) -> None:
+        """One connection pool for the chunk."""
+        self.client = make_client(
+            self.settings.base_url,
+            transport=self.transport,
+            auth=(self.settings.account_sid, self.settings.auth_token.get_secret_value()),
+            headers={"Accept": "application/json"},
+        )
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """POST Messages.json; 201 → accepted (`sent`, receipt to follow)."""
+        assert self.client is not None, "open() first"
+        form = {"To": message.to, "From": message.sender, "Body": message.body or ""}
+        if self.public_url:
+            form["StatusCallback"] = f"{self.public_url.rstrip('/')}/v1/webhooks/twilio/status"
+        response = await request(self.client, "POST", f"{self.path}.json", data=form)
+        if response.status_code in (200, 201):
+            body = json_or_empty(response)
+            sid = body.get("sid")
+            if not sid:
+                raise TransientSendError("Twilio accepted the request but returned no sid", code="no_sid")
+            status = map_status(str(body.get("status", "")))
+            if status == "failed":
+                raise PermanentSendError(
+                    str(body.get("error_message") or "failed"), code=str(body.get("error_code") or "failed")
+                )
+            return SendResult(
+                provider_message_id=sid, status="delivered" if status == "delivered" else "sent"
+            )
+        self._raise(response)
+        raise AssertionError("unreachable")
+
+    def _raise(self, response: httpx.Response) -> None:
+        body = json_or_empty(response)
+        code = body.get("code")
+        text = str(body.get("message") or f"HTTP {response.status_code}")
+        if code in RATE_LIMIT_CODES:
+            raise TransientSendError(text, code=str(code), retry_after=retry_after_seconds(response))
+        raise_for_transient_status(response)
+        if response.status_code in (401, 403) or code in CONFIG_CODES:
+            raise ProviderConfigError(f"Twilio refused the request ({code}): {text}")
+        if code in OPT_OUT_CODES:
+            raise PermanentSendError(text, code=str(code), opt_out=True)
+        raise PermanentSendError(text, code=str(code or response.status_code))
+
+    async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
+        """GET the message; a final status (or None while Twilio still works on it)."""
+        assert self.client is not None, "open() first"
+        try:
+            response = await request(self.client, "GET", f"{self.path}/{provider_message_id}.json")
+        except TransientSendError:
+            return None
+        if response.status_code != 200:
+            return None
+        body = json_or_empty(response)
+        status = map_status(str(body.get("status", "")))
+        if status in (None, "sent"):
+            return None
+        code = body.get("error_code")
+        return StatusUpdate(
+            provider_message_id,
+            status,
+            error_code=str(code) if code else None,
+            error_message=body.get("error_message"),
+        )

@@ -1,0 +1,101 @@
+"""Telegram through the Bot API `sendMessage`.
+
+POST {base}/bot{token}/sendMessage with JSON {chat_id, text}. `ok: true` means Telegram stored the
+message in the chat: delivered at platform level (the Bot API has no receipts). Errors carry
+{"ok": false, "error_code", "description", "parameters": {"retry_after"}}; like
+python-telegram-bot we classify by HTTP status and `parameters`, since error_code may change."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import httpx
+
+from channels.base import (
+    OutboundMessage,
+    PermanentSendError,
+    ProviderConfigError,
+    SendResult,
+    StatusUpdate,
+    TransientSendError,
+)
+from channels.http import json_or_empty, make_client, raise_for_transient_status, request
+from core.settings import TelegramBotSettings
+
+
+def _code(description: str) -> str:
+    text = description.lower()
+    for needle, code in (
+        ("bot was blocked", "bot_blocked"),
+        ("user is deactivated", "user_deactivated"),
+        ("chat not found", "chat_not_found"),
+        ("can't initiate conversation", "cant_initiate_conversation"),
+        ("bot was kicked", "bot_kicked"),
+        ("message is too long", "message_too_long"),
+        ("can't parse entities", "cant_parse_entities"),
+    ):
+        if needle in text:
+            return code
+    return "bad_request"
+
+
+class TelegramChannel:
+    """Telegram Bot API adapter."""
+
+    name = "telegram"
+    # Bot FAQ: about 30 messages/s for bulk notifications (1/s per chat; one message per chat here).
+    default_rate_per_second: float | None = 30.0
+    default_concurrency = 10
+    supports_status_lookup = False
+
+    def __init__(
+        self, settings: TelegramBotSettings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        if not settings.token.get_secret_value():
+            raise ProviderConfigError("Telegram needs CAMPAIGNS_TELEGRAM_BOT__TOKEN")
+        self.settings = settings
+        self.transport = transport
+        self.client: httpx.AsyncClient | None = None
+
+    async def open(self) -> None:
+        """One connection pool for the chunk."""
+        self.client = make_client(self.settings.base_url, transport=self.transport)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """sendMessage; ok → delivered (platform level)."""
+        assert self.client is not None, "open() first"
+        token = self.settings.token.get_secret_value()
+        chat_id: int | str = int(message.to) if message.to.lstrip("-").isdigit() else message.to
+        response = await request(
+            self.client,
+            "POST",
+            f"/bot{token}/sendMessage",
+            json={"chat_id": chat_id, "text": message.body or ""},
+        )
+        body = json_or_empty(response)
+        if response.status_code == 200 and body.get("ok"):
+            result = body.get("result") or {}
+            return SendResult(
+                provider_message_id=f"{message.to}:{result.get('message_id')}", status="delivered"
+            )
+        description = str(body.get("description") or f"HTTP {response.status_code}")
+        retry_after = (body.get("parameters") or {}).get("retry_after")
+        if response.status_code == 429 or retry_after is not None:
+            raise TransientSendError(description, code="429", retry_after=float(retry_after or 1))
+        raise_for_transient_status(response)
+        if response.status_code in (401, 404):
+            raise ProviderConfigError(f"Telegram rejected the bot token: {description}")
+        if response.status_code == 403:
+            code = _code(description)
+            raise PermanentSendError(description, code=code, opt_out=code == "bot_blocked")
+        raise PermanentSendError(description, code=_code(description))
+
+    async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
+        """Telegram has no receipts: messages are final when sent."""
+        return None

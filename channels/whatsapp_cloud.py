@@ -1,0 +1,124 @@
+"""WhatsApp through the Meta Cloud API.
+
+POST {base}/{phone_number_id}/messages, Bearer token, JSON {messaging_product, to, type, text |
+template}. 200 with messages[0].id (`wamid…`) is acceptance only: statuses (sent, delivered, read,
+failed with errors[]) arrive by webhook. Errors are classified by `error.code`, never the HTTP
+status (Meta answers the same code with 400 or 429)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from channels.base import (
+    OutboundMessage,
+    PermanentSendError,
+    ProviderConfigError,
+    SendResult,
+    StatusUpdate,
+    TransientSendError,
+)
+from channels.http import json_or_empty, make_client, raise_for_transient_status, request, retry_after_seconds
+from core.settings import WhatsAppCloudSettings
+
+RATE_LIMIT = frozenset({4, 80007, 130429, 131056})
+TRANSIENT = frozenset({1, 2, 131000, 131016, 133004, 135000})
+CONFIG = frozenset({0, 3, 10, 190, 368, 131031, 131042, 131048, 131064, 130497, 133010})
+OPT_OUT = frozenset({131050})
+# Recipient-side failures a status webhook reports after acceptance.
+UNDELIVERED = frozenset({131026, 131049, 131050})
+
+
+def status_update(status: dict[str, Any]) -> StatusUpdate | None:
+    """One `statuses[]` item of a webhook → our update (None for statuses we do not track)."""
+    wamid = status.get("id")
+    value = status.get("status")
+    if not wamid or not value:
+        return None
+    if value in ("delivered", "read", "played"):
+        return StatusUpdate(str(wamid), "delivered")
+    if value == "sent":
+        return StatusUpdate(str(wamid), "sent")
+    if value == "failed":
+        errors = status.get("errors") or [{}]
+        code = errors[0].get("code")
+        text = errors[0].get("message") or errors[0].get("title") or "failed"
+        final = "undelivered" if code in UNDELIVERED else "failed"
+        return StatusUpdate(str(wamid), final, str(code) if code is not None else None, str(text))
+    return None
+
+
+class WhatsAppCloudChannel:
+    """WhatsApp Cloud API adapter."""
+
+    name = "whatsapp"
+    # 80 messages/s per business phone number by default (Meta throughput doc).
+    default_rate_per_second: float | None = 80.0
+    default_concurrency = 20
+    supports_status_lookup = False  # receipts come only by webhook
+
+    def __init__(
+        self, settings: WhatsAppCloudSettings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        if not settings.access_token.get_secret_value():
+            raise ProviderConfigError("WhatsApp needs CAMPAIGNS_WHATSAPP_CLOUD__ACCESS_TOKEN")
+        self.settings = settings
+        self.transport = transport
+        self.client: httpx.AsyncClient | None = None
+
+    async def open(self) -> None:
+        """One connection pool for the chunk."""
+        self.client = make_client(
+            self.settings.base_url,
+            transport=self.transport,
+            headers={"Authorization": f"Bearer {self.settings.access_token.get_secret_value()}"},
+        )
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    @staticmethod
+    def payload(message: OutboundMessage) -> dict[str, Any]:
+        """The Cloud API message object for a text or template message."""
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": message.to.lstrip("+"),
+            "biz_opaque_callback_data": message.message_id,
+        }
+        if message.template:
+            body.update(type="template", template=message.template)
+        else:
+            body.update(type="text", text={"preview_url": False, "body": message.body or ""})
+        return body
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """POST /{phone_number_id}/messages; 200 → accepted (`sent`), receipts by webhook."""
+        assert self.client is not None, "open() first"
+        response = await request(
+            self.client, "POST", f"/{message.sender}/messages", json=self.payload(message)
+        )
+        body = json_or_empty(response)
+        if response.status_code == 200 and body.get("messages"):
+            return SendResult(provider_message_id=str(body["messages"][0]["id"]), status="sent")
+        error = body.get("error") or {}
+        code = error.get("code")
+        text = str(error.get("message") or f"HTTP {response.status_code}")
+        if code in RATE_LIMIT:
+            raise TransientSendError(text, code=str(code), retry_after=retry_after_seconds(response))
+        if code in TRANSIENT or (code is None and response.status_code >= 500):
+            raise TransientSendError(text, code=str(code or response.status_code))
+        if code is None:
+            raise_for_transient_status(response)
+        if code in CONFIG or (200 <= int(code or 0) <= 299) or response.status_code == 401:
+            raise ProviderConfigError(f"WhatsApp refused the request ({code}): {text}")
+        raise PermanentSendError(text, code=str(code or response.status_code), opt_out=code in OPT_OUT)
+
+    async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
+        """No lookup exists; statuses arrive at /v1/webhooks/whatsapp."""
+        return None
