@@ -52,8 +52,9 @@ class SmtpChannel:
     default_concurrency = 4
     supports_status_lookup = False
 
-    def __init__(self, settings: SmtpSettings) -> None:
+    def __init__(self, settings: SmtpSettings, *, timeout: float = 30.0) -> None:
         self.settings = settings
+        self.timeout = timeout
         self.smtp: aiosmtplib.SMTP | None = None
         self._lock = asyncio.Lock()
 
@@ -62,7 +63,7 @@ class SmtpChannel:
             hostname=self.settings.host,
             port=self.settings.port,
             start_tls=self.settings.starttls,
-            timeout=30,
+            timeout=self.timeout,
         )
         try:
             await smtp.connect()

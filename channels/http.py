@@ -37,6 +37,7 @@ def make_client(
     auth: httpx.Auth | tuple[str, str] | None = None,
     headers: dict[str, str] | None = None,
     max_connections: int = 100,
+    timeout: float | None = None,
 ) -> httpx.AsyncClient:
     """An AsyncClient with explicit timeouts and limits for one provider."""
     return httpx.AsyncClient(
@@ -44,7 +45,7 @@ def make_client(
         transport=transport or aiohttp_transport(max_connections),
         auth=auth,
         headers=headers,
-        timeout=DEFAULT_TIMEOUT,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)) if timeout else DEFAULT_TIMEOUT,
     )
 
 
@@ -68,6 +69,10 @@ async def request(client: httpx.AsyncClient, method: str, url: str, **kwargs: An
     """Send a request; network-level failures become TransientSendError."""
     try:
         return await client.request(method, url, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        # Never connected, so nothing was sent (the aiohttp transport reports a refused
+        # connection as ConnectTimeout).
+        raise TransientSendError(f"cannot reach the provider: {exc}", code="connection_error") from exc
     except httpx.TimeoutException as exc:
         raise TransientSendError(f"timeout talking to the provider: {exc}", code="timeout") from exc
     except httpx.TransportError as exc:

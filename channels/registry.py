@@ -20,11 +20,23 @@ Factory = Callable[[str, Settings], Channel]
 # provider name -> (the channels it serves, factory(channel name, settings))
 PROVIDERS: dict[str, tuple[frozenset[str], Factory]] = {
     "sandbox": (frozenset(CHANNELS), lambda channel, s: SandboxChannel(channel, s.sandbox)),
-    "twilio": (frozenset({"sms"}), lambda _c, s: TwilioChannel(s.twilio, public_url=s.public_url)),
-    "cloud_api": (frozenset({"whatsapp"}), lambda _c, s: WhatsAppCloudChannel(s.whatsapp_cloud)),
-    "bot_api": (frozenset({"telegram"}), lambda _c, s: TelegramChannel(s.telegram_bot)),
-    "smtp": (frozenset({"email"}), lambda _c, s: SmtpChannel(s.smtp)),
-    "web_api": (frozenset({"slack"}), lambda _c, s: SlackChannel(s.slack_web)),
+    "twilio": (
+        frozenset({"sms"}),
+        lambda _c, s: TwilioChannel(s.twilio, public_url=s.public_url, timeout=s.delivery.request_timeout_s),
+    ),
+    "cloud_api": (
+        frozenset({"whatsapp"}),
+        lambda _c, s: WhatsAppCloudChannel(s.whatsapp_cloud, timeout=s.delivery.request_timeout_s),
+    ),
+    "bot_api": (
+        frozenset({"telegram"}),
+        lambda _c, s: TelegramChannel(s.telegram_bot, timeout=s.delivery.request_timeout_s),
+    ),
+    "smtp": (frozenset({"email"}), lambda _c, s: SmtpChannel(s.smtp, timeout=s.delivery.request_timeout_s)),
+    "web_api": (
+        frozenset({"slack"}),
+        lambda _c, s: SlackChannel(s.slack_web, timeout=s.delivery.request_timeout_s),
+    ),
 }
 
 

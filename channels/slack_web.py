@@ -49,12 +49,17 @@ class SlackChannel:
     supports_status_lookup = False
 
     def __init__(
-        self, settings: SlackWebSettings, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        settings: SlackWebSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
     ) -> None:
         if not settings.bot_token.get_secret_value():
             raise ProviderConfigError("Slack needs CAMPAIGNS_SLACK_WEB__BOT_TOKEN")
         self.settings = settings
         self.transport = transport
+        self.timeout = timeout
         self.client: httpx.AsyncClient | None = None
 
     async def open(self) -> None:
@@ -62,6 +67,7 @@ class SlackChannel:
         self.client = make_client(
             self.settings.base_url,
             transport=self.transport,
+            timeout=self.timeout,
             headers={"Authorization": f"Bearer {self.settings.bot_token.get_secret_value()}"},
         )
 

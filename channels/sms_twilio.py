@@ -61,12 +61,14 @@ class TwilioChannel:
         *,
         public_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
     ) -> None:
         if not settings.account_sid or not settings.auth_token.get_secret_value():
             raise ProviderConfigError("Twilio needs CAMPAIGNS_TWILIO__ACCOUNT_SID and __AUTH_TOKEN")
         self.settings = settings
         self.public_url = public_url
         self.transport = transport
+        self.timeout = timeout
         self.client: httpx.AsyncClient | None = None
         self.path = f"/2010-04-01/Accounts/{settings.account_sid}/Messages"
 
@@ -75,6 +77,7 @@ class TwilioChannel:
         self.client = make_client(
             self.settings.base_url,
             transport=self.transport,
+            timeout=self.timeout,
             auth=(self.settings.account_sid, self.settings.auth_token.get_secret_value()),
             headers={"Accept": "application/json"},
         )

@@ -49,17 +49,22 @@ class TelegramChannel:
     supports_status_lookup = False
 
     def __init__(
-        self, settings: TelegramBotSettings, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        settings: TelegramBotSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
     ) -> None:
         if not settings.token.get_secret_value():
             raise ProviderConfigError("Telegram needs CAMPAIGNS_TELEGRAM_BOT__TOKEN")
         self.settings = settings
         self.transport = transport
+        self.timeout = timeout
         self.client: httpx.AsyncClient | None = None
 
     async def open(self) -> None:
         """One connection pool for the chunk."""
-        self.client = make_client(self.settings.base_url, transport=self.transport)
+        self.client = make_client(self.settings.base_url, transport=self.transport, timeout=self.timeout)
 
     async def close(self) -> None:
         """Close the pool."""

@@ -60,12 +60,17 @@ class WhatsAppCloudChannel:
     supports_status_lookup = False  # receipts come only by webhook
 
     def __init__(
-        self, settings: WhatsAppCloudSettings, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        settings: WhatsAppCloudSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
     ) -> None:
         if not settings.access_token.get_secret_value():
             raise ProviderConfigError("WhatsApp needs CAMPAIGNS_WHATSAPP_CLOUD__ACCESS_TOKEN")
         self.settings = settings
         self.transport = transport
+        self.timeout = timeout
         self.client: httpx.AsyncClient | None = None
 
     async def open(self) -> None:
@@ -73,6 +78,7 @@ class WhatsAppCloudChannel:
         self.client = make_client(
             self.settings.base_url,
             transport=self.transport,
+            timeout=self.timeout,
             headers={"Authorization": f"Bearer {self.settings.access_token.get_secret_value()}"},
         )
 

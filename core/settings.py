@@ -23,6 +23,7 @@ class DeliverySettings(BaseModel):
     final_status_timeout_s: float = 86400.0
     poll_interval_s: float = 2.0
     max_backoff_s: float = 60.0
+    request_timeout_s: float = 10.0
 
 
 class ChannelSettings(BaseModel):

@@ -1,0 +1,510 @@
+"""Fake Twilio, WhatsApp Cloud API, Telegram Bot API and Slack Web API servers, speaking each
+provider's wire format on 127.0.0.1 (one uvicorn server, one path prefix per provider), plus an
+aiosmtpd SMTP server. Recipients with magic addresses trigger each provider's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import itertools
+import json
+import secrets
+import socket
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+TWILIO_SID = "AC" + "a" * 32
+TWILIO_TOKEN = "twilio-test-token"
+WHATSAPP_TOKEN = "wa-test-token"
+WHATSAPP_SECRET = "wa-app-secret"
+TELEGRAM_TOKEN = "123456:TEST-token"
+SLACK_TOKEN = "xoxb-test-token"
+
+# Magic recipients, per scenario and provider.
+SCENARIOS: dict[str, dict[str, str]] = {
+    "accept": {
+        "sms": "+14155550100",
+        "whatsapp": "+14155550100",
+        "telegram": "1001",
+        "slack": "U0000001",
+        "email": "ok@example.com",
+    },
+    "permanent": {
+        "sms": "+15005550001",
+        "whatsapp": "+15005550001",
+        "telegram": "40000",
+        "slack": "U_NOTFOUND",
+        "email": "unknown@example.com",
+    },
+    "rate_limited": {
+        "sms": "+15005550429",
+        "whatsapp": "+15005550429",
+        "telegram": "42900",
+        "slack": "U_RATELIMIT",
+        "email": "throttled@example.com",
+    },
+    "server_error": {
+        "sms": "+15005550500",
+        "whatsapp": "+15005550500",
+        "telegram": "50000",
+        "slack": "U_5XX",
+        "email": "tempfail@example.com",
+    },
+    "timeout": {
+        "sms": "+15005550408",
+        "whatsapp": "+15005550408",
+        "telegram": "40800",
+        "slack": "U_SLOW",
+        "email": "slow@example.com",
+    },
+}
+SLOW_S = 1.5
+
+
+def twilio_signature(url: str, params: dict[str, str], token: str) -> str:
+    """X-Twilio-Signature: base64 HMAC-SHA1 over the URL and the sorted name+value pairs."""
+    payload = url + "".join(f"{k}{params[k]}" for k in sorted(params))
+    return base64.b64encode(hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
+
+
+def hub_signature(body: bytes, secret: str) -> str:
+    """X-Hub-Signature-256: sha256= + hex HMAC-SHA256 of the raw body."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Received:
+    provider: str
+    to: str
+    body: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+class FakeProviders:
+    """State and routes of the fake HTTP providers."""
+
+    def __init__(self, *, latency_s: float = 0.0, delivery_delay_s: float = 0.2) -> None:
+        self.latency_s = latency_s
+        self.delivery_delay_s = delivery_delay_s
+        self.received: list[Received] = []
+        self.twilio_messages: dict[str, dict[str, Any]] = {}
+        self.whatsapp_webhook_url: str | None = None
+        self.telegram_ids: defaultdict[str, itertools.count[int]] = defaultdict(lambda: itertools.count(1))
+        self.callbacks_sent = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.app = Starlette(
+            routes=[
+                Route(
+                    "/twilio/2010-04-01/Accounts/{sid}/Messages.json", self.twilio_create, methods=["POST"]
+                ),
+                Route(
+                    "/twilio/2010-04-01/Accounts/{sid}/Messages/{msid}.json", self.twilio_get, methods=["GET"]
+                ),
+                Route("/whatsapp/v21.0/{phone_id}/messages", self.whatsapp_send, methods=["POST"]),
+                Route("/telegram/bot{token}/sendMessage", self.telegram_send, methods=["POST"]),
+                Route("/slack/api/chat.postMessage", self.slack_post, methods=["POST"]),
+            ]
+        )
+
+    def count(self, provider: str, to: str | None = None) -> int:
+        """Messages accepted by a provider (optionally for one recipient)."""
+        return sum(1 for r in self.received if r.provider == provider and (to is None or r.to == to))
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _latency(self) -> None:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+
+    # -- Twilio --
+
+    async def twilio_create(self, request: Request) -> Response:
+        await self._latency()
+        expected = "Basic " + base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
+        if request.headers.get("authorization") != expected or request.path_params["sid"] != TWILIO_SID:
+            return JSONResponse({"code": 20003, "message": "Authenticate", "status": 401}, status_code=401)
+        form = dict(await request.form())
+        to = str(form.get("To", ""))
+        magic = {s: v["sms"] for s, v in SCENARIOS.items()}
+        if to == magic["permanent"]:
+            return JSONResponse(
+                {
+                    "code": 21211,
+                    "message": f"The 'To' number {to} is not a valid phone number.",
+                    "more_info": "https://www.twilio.com/docs/errors/21211",
+                    "status": 400,
+                },
+                status_code=400,
+            )
+        if to == "+15005550004":
+            return JSONResponse(
+                {"code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400},
+                status_code=400,
+            )
+        if to == magic["rate_limited"]:
+            return JSONResponse(
+                {"code": 20429, "message": "Too Many Requests", "status": 429},
+                status_code=429,
+                headers={"Retry-After": "1"},
+            )
+        if to == magic["server_error"]:
+            return JSONResponse(
+                {"code": 20500, "message": "Internal Server Error", "status": 503}, status_code=503
+            )
+        if to == magic["timeout"]:
+            await asyncio.sleep(SLOW_S)
+        sid = "SM" + secrets.token_hex(16)
+        resource = {
+            "sid": sid,
+            "account_sid": TWILIO_SID,
+            "to": to,
+            "from": form.get("From"),
+            "body": form.get("Body"),
+            "status": "queued",
+            "error_code": None,
+            "error_message": None,
+            "num_segments": "1",
+            "api_version": "2010-04-01",
+            "created": time.monotonic(),
+        }
+        self.twilio_messages[sid] = resource
+        self.received.append(Received("sms", to, str(form.get("Body", "")), form))
+        if form.get("StatusCallback"):
+            self._background(self._twilio_callbacks(sid, str(form["StatusCallback"])))
+        return JSONResponse({k: v for k, v in resource.items() if k != "created"}, status_code=201)
+
+    def _twilio_final(self, resource: dict[str, Any]) -> None:
+        if (
+            resource["status"] in ("queued", "sent")
+            and time.monotonic() - resource["created"] >= self.delivery_delay_s
+        ):
+            if resource["to"] == "+15005550030":  # unreachable handset
+                resource.update(
+                    status="undelivered", error_code=30003, error_message="Unreachable destination handset"
+                )
+            else:
+                resource["status"] = "delivered"
+
+    async def twilio_get(self, request: Request) -> Response:
+        await self._latency()
+        resource = self.twilio_messages.get(request.path_params["msid"])
+        if resource is None:
+            return JSONResponse({"code": 20404, "message": "not found", "status": 404}, status_code=404)
+        self._twilio_final(resource)
+        return JSONResponse({k: v for k, v in resource.items() if k != "created"})
+
+    async def _twilio_callbacks(self, sid: str, url: str) -> None:
+        resource = self.twilio_messages[sid]
+        await asyncio.sleep(self.delivery_delay_s)
+        self._twilio_final(resource)
+        for status in ("sent", resource["status"]):
+            params = {
+                "MessageSid": sid,
+                "SmsSid": sid,
+                "MessageStatus": status,
+                "SmsStatus": status,
+                "To": resource["to"],
+                "From": str(resource["from"]),
+                "AccountSid": TWILIO_SID,
+                "ApiVersion": "2010-04-01",
+            }
+            if status == "undelivered":
+                params["ErrorCode"] = str(resource["error_code"])
+            headers = {"X-Twilio-Signature": twilio_signature(url, params, TWILIO_TOKEN)}
+            async with httpx.AsyncClient() as client:
+                await client.post(url, data=params, headers=headers)
+            self.callbacks_sent += 1
+
+    # -- WhatsApp Cloud API --
+
+    async def whatsapp_send(self, request: Request) -> Response:
+        await self._latency()
+        if request.headers.get("authorization") != f"Bearer {WHATSAPP_TOKEN}":
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "Invalid OAuth access token.",
+                        "type": "OAuthException",
+                        "code": 190,
+                        "fbtrace_id": "x",
+                    }
+                },
+                status_code=401,
+            )
+        data = await request.json()
+        to = "+" + str(data.get("to", "")).lstrip("+")
+        magic = {s: v["whatsapp"] for s, v in SCENARIOS.items()}
+        if to == magic["permanent"]:
+            return self._graph_error(131009, "(#131009) Parameter value is not valid", 400)
+        if to == magic["rate_limited"]:
+            return self._graph_error(130429, "(#130429) Rate limit hit", 400)
+        if to == magic["server_error"]:
+            return Response("Service Unavailable", status_code=503)
+        if to == magic["timeout"]:
+            await asyncio.sleep(SLOW_S)
+        body = data["text"]["body"] if data.get("type") == "text" else json.dumps(data.get("template"))
+        wamid = "wamid." + base64.b64encode(secrets.token_bytes(24)).decode()
+        self.received.append(Received("whatsapp", to, body, data))
+        if self.whatsapp_webhook_url:
+            self._background(self._whatsapp_statuses(wamid, to, request.path_params["phone_id"]))
+        return JSONResponse(
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": data.get("to"), "wa_id": to.lstrip("+")}],
+                "messages": [{"id": wamid}],
+            }
+        )
+
+    @staticmethod
+    def _graph_error(code: int, message: str, status: int) -> JSONResponse:
+        return JSONResponse(
+            {
+                "error": {
+                    "message": message,
+                    "type": "OAuthException",
+                    "code": code,
+                    "error_data": {"messaging_product": "whatsapp", "details": message},
+                    "fbtrace_id": "AbC",
+                }
+            },
+            status_code=status,
+        )
+
+    async def _whatsapp_statuses(self, wamid: str, to: str, phone_id: str) -> None:
+        await asyncio.sleep(self.delivery_delay_s)
+        statuses: list[dict[str, Any]] = [
+            {
+                "id": wamid,
+                "status": "sent",
+                "timestamp": str(int(time.time())),
+                "recipient_id": to.lstrip("+"),
+            }
+        ]
+        if to == "+15005550026":
+            statuses.append(
+                {
+                    "id": wamid,
+                    "status": "failed",
+                    "timestamp": str(int(time.time())),
+                    "recipient_id": to.lstrip("+"),
+                    "errors": [{"code": 131026, "title": "Message undeliverable"}],
+                }
+            )
+        else:
+            statuses.append(
+                {
+                    "id": wamid,
+                    "status": "delivered",
+                    "timestamp": str(int(time.time())),
+                    "recipient_id": to.lstrip("+"),
+                }
+            )
+        for status in statuses:
+            payload = {
+                "object": "whatsapp_business_account",
+                "entry": [
+                    {
+                        "id": "WABA",
+                        "changes": [
+                            {
+                                "field": "messages",
+                                "value": {
+                                    "messaging_product": "whatsapp",
+                                    "metadata": {"phone_number_id": phone_id},
+                                    "statuses": [status],
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+            raw = json.dumps(payload).encode()
+            async with httpx.AsyncClient() as client:
+                await client.post(
+                    f"{self.whatsapp_webhook_url}/v1/webhooks/whatsapp",
+                    content=raw,
+                    headers={
+                        "Content-Type": "application/json",
+                        "X-Hub-Signature-256": hub_signature(raw, WHATSAPP_SECRET),
+                    },
+                )
+            self.callbacks_sent += 1
+
+    # -- Telegram Bot API --
+
+    async def telegram_send(self, request: Request) -> Response:
+        await self._latency()
+        if request.path_params["token"] != TELEGRAM_TOKEN:
+            return JSONResponse(
+                {"ok": False, "error_code": 401, "description": "Unauthorized"}, status_code=401
+            )
+        data = await request.json()
+        chat = str(data.get("chat_id"))
+        magic = {s: v["telegram"] for s, v in SCENARIOS.items()}
+        if chat == magic["permanent"]:
+            return JSONResponse(
+                {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"},
+                status_code=400,
+            )
+        if chat == "40300":
+            return JSONResponse(
+                {"ok": False, "error_code": 403, "description": "Forbidden: bot was blocked by the user"},
+                status_code=403,
+            )
+        if chat == magic["rate_limited"]:
+            return JSONResponse(
+                {
+                    "ok": False,
+                    "error_code": 429,
+                    "description": "Too Many Requests: retry after 1",
+                    "parameters": {"retry_after": 1},
+                },
+                status_code=429,
+            )
+        if chat == magic["server_error"]:
+            return Response("Bad Gateway", status_code=502)
+        if chat == magic["timeout"]:
+            await asyncio.sleep(SLOW_S)
+        text = str(data.get("text", ""))
+        if len(text) > 4096:
+            return JSONResponse(
+                {"ok": False, "error_code": 400, "description": "Bad Request: message is too long"},
+                status_code=400,
+            )
+        self.received.append(Received("telegram", chat, text, data))
+        message_id = next(self.telegram_ids[chat])
+        return JSONResponse(
+            {
+                "ok": True,
+                "result": {
+                    "message_id": message_id,
+                    "date": int(time.time()),
+                    "chat": {"id": int(chat), "type": "private"},
+                    "text": text,
+                },
+            }
+        )
+
+    # -- Slack Web API --
+
+    async def slack_post(self, request: Request) -> Response:
+        await self._latency()
+        if request.headers.get("authorization") != f"Bearer {SLACK_TOKEN}":
+            return JSONResponse({"ok": False, "error": "invalid_auth"})
+        data = await request.json()
+        channel = str(data.get("channel"))
+        magic = {s: v["slack"] for s, v in SCENARIOS.items()}
+        if channel == magic["permanent"]:
+            return JSONResponse({"ok": False, "error": "channel_not_found"})
+        if channel == magic["rate_limited"]:
+            return JSONResponse(
+                {"ok": False, "error": "ratelimited"}, status_code=429, headers={"Retry-After": "1"}
+            )
+        if channel == magic["server_error"]:
+            return Response("upstream error", status_code=503)
+        if channel == magic["timeout"]:
+            await asyncio.sleep(SLOW_S)
+        self.received.append(Received("slack", channel, str(data.get("text", "")), data))
+        ts = f"{time.time():.6f}"
+        return JSONResponse(
+            {
+                "ok": True,
+                "channel": channel,
+                "ts": ts,
+                "message": {"text": data.get("text"), "type": "message", "ts": ts},
+            }
+        )
+
+
+class ServerThread:
+    """Runs an ASGI app with uvicorn on 127.0.0.1:<free port> in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+# -- SMTP (aiosmtpd) --
+
+
+class SmtpHandler:
+    """Scripted replies per recipient; accepted messages are kept."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
+    ) -> str:
+        magic = {s: v["email"] for s, v in SCENARIOS.items()}
+        if address == magic["permanent"]:
+            return "550 5.1.1 <unknown@example.com>: Recipient address rejected: User unknown"
+        if address == magic["rate_limited"]:
+            return "451 4.7.1 Rate limited, try again later"
+        if address == magic["server_error"]:
+            return "452 4.3.1 Insufficient system storage"
+        if address == magic["timeout"]:
+            await asyncio.sleep(SLOW_S)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 2.0.0 Ok: queued"
+
+    def count(self, to: str | None = None) -> int:
+        return sum(1 for _f, tos, _c in self.messages if to is None or to in tos)
+
+
+class SmtpServer:
+    """aiosmtpd on 127.0.0.1:<free port>."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.handler = SmtpHandler()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self) -> SmtpServer:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()
