@@ -7,7 +7,7 @@ from sqlalchemy import Engine
 
 from api import errors
 from api.deps import AppState
-from api.routes import account, campaigns, contacts
+from api.routes import account, campaigns, contacts, webhooks
 from core.db import get_engine
 from core.launcher import Launcher, NullLauncher
 from core.ratelimit import TokenBuckets
@@ -35,4 +35,5 @@ def create_app(
     app.include_router(campaigns.router)
     app.include_router(contacts.router)
     app.include_router(account.router)
+    app.include_router(webhooks.router)
     return app

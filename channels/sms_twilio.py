@@ -144,3 +144,29 @@ class TwilioChannel:
             error_code=str(code) if code else None,
             error_message=body.get("error_message"),
         )
+
+
+def signature(url: str, params: dict[str, list[str]], auth_token: str) -> str:
+    """X-Twilio-Signature: base64(HMAC-SHA1(token, url + each name+value, names sorted))."""
+    import base64
+    import hashlib
+    import hmac
+
+    payload = url + "".join(
+        f"{name}{value}" for name in sorted(params) for value in sorted(set(params[name]))
+    )
+    return base64.b64encode(hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
+
+
+def verify_signature(url: str, params: dict[str, list[str]], auth_token: str, header: str | None) -> bool:
+    """Constant-time check of a callback's signature (also without a default port, like the SDK)."""
+    import hmac
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not header or not auth_token:
+        return False
+    candidates = {url}
+    parts = urlsplit(url)
+    if parts.port in (80, 443):
+        candidates.add(urlunsplit(parts._replace(netloc=parts.hostname or "")))
+    return any(hmac.compare_digest(signature(u, params, auth_token), header) for u in candidates)

@@ -128,3 +128,26 @@ class WhatsAppCloudChannel:
     async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
         """No lookup exists; statuses arrive at /v1/webhooks/whatsapp."""
         return None
+
+
+def verify_signature(raw_body: bytes, app_secret: str, header: str | None) -> bool:
+    """X-Hub-Signature-256: "sha256=" + hex HMAC-SHA256 of the raw body with the app secret."""
+    import hashlib
+    import hmac
+
+    if not header or not app_secret or not header.startswith("sha256="):
+        return False
+    expected = hmac.new(app_secret.encode(), raw_body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header.removeprefix("sha256="))
+
+
+def updates_from_webhook(payload: dict[str, Any]) -> list[StatusUpdate]:
+    """Every status update in a (possibly batched) webhook payload."""
+    updates = []
+    for entry in payload.get("entry") or []:
+        for change in entry.get("changes") or []:
+            for status in (change.get("value") or {}).get("statuses") or []:
+                update = status_update(status)
+                if update is not None:
+                    updates.append(update)
+    return updates

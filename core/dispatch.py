@@ -29,7 +29,7 @@ from channels.base import (
     TransientSendError,
 )
 from channels.registry import build_channel
-from core import campaigns
+from core import campaigns, tracking
 from core.db import session_scope
 from core.pacing import Pacer, pacer_for
 from core.render import contact_values, render
@@ -40,6 +40,7 @@ from models import Campaign, CampaignStatus, Contact, Message, MessageStatus
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 500
 FLUSH_EVERY = 250
+FLUSH_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -260,6 +261,9 @@ class ChunkSender:
         opted_out = [o.contact_id for o in outcomes if o.opt_out]
         with session_scope(self.engine) as session:
             session.connection().execute(stmt, params)
+            tracking.replay_events(
+                session, provider_ids=[o.provider_message_id for o in outcomes if o.provider_message_id]
+            )
             if opted_out:
                 session.execute(
                     update(Contact)
@@ -271,6 +275,12 @@ class ChunkSender:
         if self._buffer:
             batch, self._buffer = self._buffer, []
             await asyncio.to_thread(self._write, batch)
+
+    async def _flush_periodically(self) -> None:
+        # Results reach the database within FLUSH_INTERVAL_S even when sends are slow.
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            await self._flush()
 
     # -- sending --
 
@@ -358,6 +368,7 @@ class ChunkSender:
         concurrency = config.concurrency or channel.default_concurrency
         claim_batch = min(CLAIM_BATCH, max(32, 2 * concurrency))
         in_flight: set[asyncio.Task[None]] = set()
+        flusher = asyncio.create_task(self._flush_periodically())
         await channel.open()
         try:
             while True:
@@ -383,6 +394,7 @@ class ChunkSender:
                 await asyncio.gather(*in_flight, return_exceptions=True)
             if self._unsent:  # stopped early (cancelled, shutting down): never sent, so pending again
                 self._unclaim(list(self._unsent))
+            flusher.cancel()
             await self._flush()
             await channel.close()
         return self.report

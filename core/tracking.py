@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, or_, select, update
+from sqlalchemy import Engine, bindparam, delete, func, or_, select, update
 from sqlmodel import Session, col
 
 from channels.base import Channel, StatusUpdate
 from core.db import session_scope
 from core.timeutil import utcnow
-from models import Message, MessageStatus
+from models import Message, MessageStatus, StatusEvent
 from models.enums import MESSAGE_STATUS_RANK
 
 POLL_BATCH = 1000
 POLL_CONCURRENCY = 32
+EVENT_TTL = timedelta(days=7)
 
 
 def _lower_statuses(status: str) -> list[str]:
@@ -24,9 +26,31 @@ def _lower_statuses(status: str) -> list[str]:
     return [s.value for s, r in MESSAGE_STATUS_RANK.items() if r < rank]
 
 
-def apply_updates(session: Session, updates: Sequence[StatusUpdate]) -> int:
+def apply_updates(session: Session, updates: Sequence[StatusUpdate], *, keep_unmatched: bool = False) -> int:
     """Apply provider updates by provider_message_id; an update never moves a message backwards
-    and a repeated update changes nothing. Returns the number of rows changed."""
+    and a repeated update changes nothing. Returns the number of rows changed.
+
+    With `keep_unmatched`, updates for ids no message carries yet (a webhook that beat the
+    sender's own bookkeeping) are kept as StatusEvents and replayed later."""
+    if keep_unmatched and updates:
+        ids = list({u.provider_message_id for u in updates})
+        known = set(
+            session.execute(
+                select(col(Message.provider_message_id)).where(col(Message.provider_message_id).in_(ids))
+            ).scalars()
+        )
+        now = utcnow()
+        session.add_all(
+            StatusEvent(
+                provider_message_id=u.provider_message_id,
+                status=u.status,
+                error_code=u.error_code,
+                error_message=u.error_message,
+                received_at=now,
+            )
+            for u in updates
+            if u.provider_message_id not in known
+        )
     table = Message.__table__  # type: ignore[attr-defined]
     changed = 0
     now = utcnow()
@@ -52,6 +76,37 @@ def apply_updates(session: Session, updates: Sequence[StatusUpdate]) -> int:
         )
         result = session.connection().execute(stmt, params)
         changed += max(int(result.rowcount), 0)
+    return changed
+
+
+def replay_events(
+    session: Session, *, provider_ids: Sequence[str] | None = None, campaign_id: str | None = None
+) -> int:
+    """Apply kept StatusEvents whose message now has its provider id; returns rows changed."""
+    query = select(StatusEvent).order_by(col(StatusEvent.id))
+    if provider_ids is not None:
+        if not provider_ids:
+            return 0
+        query = query.where(col(StatusEvent.provider_message_id).in_(list(provider_ids)))
+    if campaign_id is not None:
+        query = query.where(
+            col(StatusEvent.provider_message_id).in_(
+                select(col(Message.provider_message_id)).where(
+                    col(Message.campaign_id) == campaign_id, col(Message.provider_message_id).is_not(None)
+                )
+            )
+        )
+    events = list(session.execute(query.limit(10_000)).scalars())
+    if not events:
+        return 0
+    changed = 0
+    for event in events:  # in arrival order, each never moving a message backwards
+        changed += apply_updates(
+            session,
+            [StatusUpdate(event.provider_message_id, event.status, event.error_code, event.error_message)],
+        )
+    session.execute(delete(StatusEvent).where(col(StatusEvent.id).in_([e.id for e in events])))
+    session.execute(delete(StatusEvent).where(col(StatusEvent.received_at) < utcnow() - EVENT_TTL))
     return changed
 
 

@@ -12,6 +12,7 @@ from models.tables import (
     ListMembership,
     Message,
     SenderId,
+    StatusEvent,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "MessageStatus",
     "SenderId",
     "SenderIdStatus",
+    "StatusEvent",
 ]

@@ -141,6 +141,20 @@ class Message(SQLModel, table=True):
     updated_at: datetime
 
 
+class StatusEvent(SQLModel, table=True):
+    """A provider status that arrived before its send result was recorded (webhooks can beat
+    our own bookkeeping); replayed once the message has its provider id."""
+
+    __tablename__ = "status_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider_message_id: str = Field(index=True, max_length=128)
+    status: str = Field(max_length=16)
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = None
+    received_at: datetime
+
+
 class CreditEntry(SQLModel, table=True):
     """Append-only credit ledger: top-ups, holds, charges and releases."""
 

@@ -121,6 +121,7 @@ async def await_final_statuses(campaign_id: str, channel: str) -> dict[str, int]
             if time.time() >= deadline:
                 expired = await asyncio.to_thread(_in_tx, tracking.expire, campaign_id=campaign_id)
                 return {"polls": polls, "expired": expired}
+            await asyncio.to_thread(_in_tx, tracking.replay_events, campaign_id=campaign_id)
             await tracking.poll_once(engine, adapter, campaign_id)
             polls += 1
             remaining = await asyncio.to_thread(_in_tx, tracking.nonfinal_count, campaign_id)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 21:13:27.349146
+Create Date: 2026-11-29 21:25:22.392533
 """
 from alembic import op
 import sqlalchemy as sa
@@ -34,6 +34,18 @@ def upgrade() -> None:
     sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('account_id', 'key')
     )
+    op.create_table('status_events',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('provider_message_id', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('error_code', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+    sa.Column('error_message', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('received_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('status_events', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_status_events_provider_message_id'), ['provider_message_id'], unique=False)
+
     op.create_table('api_keys',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
     sa.Column('account_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
@@ -221,6 +233,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_api_keys_account_id'))
 
     op.drop_table('api_keys')
+    with op.batch_alter_table('status_events', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_status_events_provider_message_id'))
+
+    op.drop_table('status_events')
     op.drop_table('idempotency_records')
     op.drop_table('accounts')
     # ### end Alembic commands ###

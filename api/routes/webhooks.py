@@ -1,0 +1,96 @@
+"""Provider webhooks: no API key, signature-verified (bad signature → 403), idempotent."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from api.deps import in_db, state
+from channels import sms_twilio, whatsapp_cloud
+from channels.base import StatusUpdate
+from core import optout, tracking
+from core.errors import Forbidden, InvalidRequest
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+async def _twilio_params(request: Request) -> dict[str, list[str]]:
+    """The form fields, after checking X-Twilio-Signature over the URL Twilio called."""
+    settings = state(request).settings
+    form = await request.form()
+    params: dict[str, list[str]] = {}
+    for name, value in form.multi_items():
+        params.setdefault(name, []).append(str(value))
+    url = str(request.url)
+    if settings.public_url:
+        url = settings.public_url.rstrip("/") + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+    token = settings.twilio.auth_token.get_secret_value()
+    if not sms_twilio.verify_signature(url, params, token, request.headers.get("x-twilio-signature")):
+        raise Forbidden("invalid X-Twilio-Signature")
+    return params
+
+
+@router.post("/twilio/status")
+async def twilio_status(request: Request) -> Response:
+    """Twilio status callback → message status (never backwards; redeliveries change nothing)."""
+    params = await _twilio_params(request)
+    sid = (params.get("MessageSid") or params.get("SmsSid") or [""])[0]
+    raw_status = (params.get("MessageStatus") or params.get("SmsStatus") or [""])[0]
+    status = sms_twilio.map_status(raw_status)
+    if sid and status:
+        code = (params.get("ErrorCode") or [""])[0]
+        update = StatusUpdate(
+            sid,
+            status,
+            error_code=code or None,
+            error_message=f"Twilio {raw_status}" + (f" ({code})" if code else "")
+            if status in ("undelivered", "failed")
+            else None,
+        )
+        await in_db(request, lambda s: tracking.apply_updates(s, [update], keep_unmatched=True))
+    return Response(status_code=204)
+
+
+@router.post("/twilio/inbound")
+async def twilio_inbound(request: Request) -> Response:
+    """Inbound SMS: STOP (and the usual keywords) opts the phone out; START opts it back in."""
+    params = await _twilio_params(request)
+    sender = (params.get("From") or [""])[0]
+    to = (params.get("To") or [""])[0]
+    body = (params.get("Body") or [""])[0]
+    await in_db(request, lambda s: optout.handle_inbound_sms(s, from_phone=sender, to=to, body=body))
+    return Response(EMPTY_TWIML, media_type="text/xml")
+
+
+@router.get("/whatsapp")
+async def whatsapp_verify(request: Request) -> Response:
+    """Meta's subscription handshake: echo hub.challenge when the verify token matches."""
+    q = request.query_params
+    expected = state(request).settings.whatsapp_cloud.verify_token.get_secret_value()
+    if q.get("hub.mode") != "subscribe" or not expected or q.get("hub.verify_token") != expected:
+        raise Forbidden("verify token mismatch")
+    return PlainTextResponse(q.get("hub.challenge", ""))
+
+
+@router.post("/whatsapp")
+async def whatsapp_events(request: Request) -> Response:
+    """Status events (sent, delivered, read, failed) for messages we sent."""
+    raw = await request.body()
+    secret = state(request).settings.whatsapp_cloud.app_secret.get_secret_value()
+    if not whatsapp_cloud.verify_signature(raw, secret, request.headers.get("x-hub-signature-256")):
+        raise Forbidden("invalid X-Hub-Signature-256")
+    try:
+        payload: Any = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("malformed JSON") from None
+    updates = whatsapp_cloud.updates_from_webhook(payload if isinstance(payload, dict) else {})
+    changed = 0
+    if updates:
+        changed = await in_db(request, lambda s: tracking.apply_updates(s, updates, keep_unmatched=True))
+    return JSONResponse({"received": len(updates), "applied": changed})
