@@ -466,6 +466,14 @@ class SmtpHandler:
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], bytes]] = []
+        self.sessions = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
