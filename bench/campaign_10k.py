@@ -1,4 +1,4 @@
-"""Benchmark: a 10,000-recipient sandbox campaign through the real pipeline.
+"""Benchmark: a 10,000-recipient SMS campaign through the real pipeline.
 
 Starts `campaigns serve` (Prefect server, worker, API) on free ports in a temporary data dir,
 bulk-loads the contacts, creates the campaign over HTTP and follows it to `completed`. Prints
@@ -6,6 +6,11 @@ dispatch throughput (messages/second from `processing` to everything handed to t
 end-to-end time, and the peak RSS (VmHWM) of the flow-run process.
 
     python bench/campaign_10k.py [--recipients 10000] [--latency-ms 0] [--chunk-size 1000]
+    python bench/campaign_10k.py --provider twilio --latency-ms 20   # against the Twilio fake
+
+With --provider twilio the fake Twilio server (tests/providers/fake_server.py) runs in its own
+process on loopback, adding --latency-ms to every request; pacing is lifted
+(CAMPAIGNS_SMS__RATE_PER_SECOND=0) and --concurrency requests are kept in flight.
 """
 
 from __future__ import annotations
@@ -99,6 +104,8 @@ def main() -> int:
     parser.add_argument("--recipients", type=int, default=10_000)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--chunk-size", type=int, default=1000)
+    parser.add_argument("--provider", choices=["sandbox", "twilio"], default="sandbox")
+    parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
 
     data = Path(tempfile.mkdtemp(prefix="campaigns-bench-"))
@@ -114,6 +121,27 @@ def main() -> int:
             "PREFECT_LOGGING_LEVEL": "WARNING",
         }
     )
+    fake = None
+    if args.provider == "twilio":
+        root = Path(__file__).resolve().parents[1]
+        sys.path.insert(0, str(root))  # the fakes live with the tests
+        from tests.providers import fake_server as fk
+
+        fake_port = free_port()
+        fake = subprocess.Popen(
+            [sys.executable, "-m", "tests.providers.fake_server", str(fake_port), str(args.latency_ms)],
+            cwd=root,
+        )
+        env.update(
+            {
+                "CAMPAIGNS_SMS__PROVIDER": "twilio",
+                "CAMPAIGNS_TWILIO__ACCOUNT_SID": fk.TWILIO_SID,
+                "CAMPAIGNS_TWILIO__AUTH_TOKEN": fk.TWILIO_TOKEN,
+                "CAMPAIGNS_TWILIO__BASE_URL": f"http://127.0.0.1:{fake_port}/twilio",
+                "CAMPAIGNS_SMS__RATE_PER_SECOND": "0",
+                "CAMPAIGNS_SMS__CONCURRENCY": str(args.concurrency),
+            }
+        )
     settings = Settings(data_dir=data)
     api_key, list_id = bootstrap(settings, args.recipients)
     log = (data / "serve.log").open("w")
@@ -165,6 +193,7 @@ def main() -> int:
                 time.sleep(0.1)
         assert t_processing is not None and t_dispatched is not None
         total = c["total_recipients"]
+        print(f"provider:                 {args.provider} ({args.latency_ms:g} ms latency per request)")
         print(f"recipients:               {total}")
         print(
             f"final status:             {c['status']} (delivered {c['delivered_count']}, "
@@ -184,6 +213,9 @@ def main() -> int:
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=60)
+        if fake is not None:
+            fake.terminate()
+            fake.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -516,3 +516,17 @@ class SmtpServer:
 
     def __exit__(self, *exc: object) -> None:
         self.controller.stop()
+
+
+def main() -> None:
+    """Run the fake HTTP providers standalone: python -m tests.providers.fake_server PORT [LATENCY_MS]."""
+    import sys
+
+    port = int(sys.argv[1])
+    latency = float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.0
+    fakes = FakeProviders(latency_s=latency)
+    uvicorn.run(fakes.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
