@@ -22,8 +22,9 @@ from channels.base import (
 from channels.http import json_or_empty, make_client, raise_for_transient_status, request, retry_after_seconds
 from core.settings import TwilioSettings
 
-# Synchronous error codes that are about our account or sender, not the recipient.
-CONFIG_CODES = frozenset({20003, 20005, 21212, 21408, 21606, 21608, 21659, 21603, 21604})
+# Synchronous error codes about our account or sender, not the recipient (21408 region
+# permissions and 21608 trial-unverified numbers are per recipient, so they stay permanent).
+CONFIG_CODES = frozenset({20003, 20005, 21212, 21603, 21606, 21659})
 OPT_OUT_CODES = frozenset({21610})
 RATE_LIMIT_CODES = frozenset({20429, 21611})  # concurrency limit; queue full
 

@@ -13,7 +13,7 @@ from sqlmodel import Session, col
 from core.ids import new_id
 from core.render import contact_values, message_cost, render
 from core.timeutil import utcnow
-from models import Contact, ListMembership, Message
+from models import ChannelOptOut, Contact, ListMembership, Message
 
 ADDRESS_COLUMN: dict[str, InstrumentedAttribute[Any]] = {
     "sms": Contact.phone,  # type: ignore[dict-item]
@@ -53,7 +53,13 @@ def _member_filter(account_id: str, list_id: str) -> Any:
 
 def _reachable(channel: str) -> Any:
     address = ADDRESS_COLUMN[channel]
-    return and_(col(Contact.unsubscribed_at).is_(None), address.is_not(None), address != "")
+    opted_out = select(col(ChannelOptOut.contact_id)).where(col(ChannelOptOut.channel) == channel)
+    return and_(
+        col(Contact.unsubscribed_at).is_(None),
+        address.is_not(None),
+        address != "",
+        col(Contact.id).not_in(opted_out),
+    )
 
 
 def iter_recipients(session: Session, *, account_id: str, list_id: str, channel: str) -> Iterator[Recipient]:

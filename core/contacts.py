@@ -12,7 +12,7 @@ from core.errors import Conflict, NotFound, ValidationFailed
 from core.ids import new_id
 from core.timeutil import utcnow
 from core.validation import is_e164, is_email
-from models import Contact, ContactList, ListMembership
+from models import ChannelOptOut, Contact, ContactList, ListMembership
 from models.schemas import ContactCreate, ContactUpdate
 
 
@@ -105,6 +105,7 @@ def update_contact(session: Session, *, account_id: str, contact_id: str, data: 
         contact.attributes = dict(data.attributes)
     if data.subscribed is True:
         contact.unsubscribed_at = None
+        session.execute(delete(ChannelOptOut).where(col(ChannelOptOut.contact_id) == contact.id))
     elif data.subscribed is False and contact.unsubscribed_at is None:
         contact.unsubscribed_at = utcnow()
     contact.updated_at = utcnow()
@@ -126,6 +127,7 @@ def delete_contact(session: Session, *, account_id: str, contact_id: str) -> Non
     """Delete a contact and its memberships (messages already sent keep their rows)."""
     contact = get_contact(session, account_id=account_id, contact_id=contact_id)
     session.execute(delete(ListMembership).where(col(ListMembership.contact_id) == contact.id))
+    session.execute(delete(ChannelOptOut).where(col(ChannelOptOut.contact_id) == contact.id))
     session.delete(contact)
     session.flush()
 

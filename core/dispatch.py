@@ -35,7 +35,7 @@ from core.pacing import Pacer, pacer_for
 from core.render import contact_values, render
 from core.settings import Settings
 from core.timeutil import utcnow
-from models import Campaign, CampaignStatus, Contact, Message, MessageStatus
+from models import Campaign, CampaignStatus, ChannelOptOut, Contact, Message, MessageStatus
 
 log = logging.getLogger(__name__)
 CLAIM_BATCH = 500
@@ -137,6 +137,7 @@ class ChunkSender:
         self._buffer: list[_Outcome] = []
         # Claimed rows whose request has not gone out yet: safe to hand back if we stop.
         self._unsent: set[str] = set()
+        self.channel_name = ""
 
     # -- database steps (run in a thread so in-flight sends keep going) --
 
@@ -213,8 +214,14 @@ class ChunkSender:
                         col(Contact.email),
                         col(Contact.attributes),
                         col(Contact.unsubscribed_at),
+                        col(ChannelOptOut.created_at).label("channel_opt_out"),
                     )
                     .outerjoin(Contact, col(Contact.id) == col(Message.contact_id))
+                    .outerjoin(
+                        ChannelOptOut,
+                        (col(ChannelOptOut.contact_id) == col(Message.contact_id))
+                        & (col(ChannelOptOut.channel) == self.channel_name),
+                    )
                     .where(col(Message.claim_token) == token)
                     .order_by(col(Message.seq))
                 )
@@ -264,11 +271,27 @@ class ChunkSender:
             tracking.replay_events(
                 session, provider_ids=[o.provider_message_id for o in outcomes if o.provider_message_id]
             )
-            if opted_out:
+            if opted_out and self.channel_name == "sms":
+                # An SMS opt-out (Twilio 21610) is a STOP: the contact is unsubscribed everywhere.
                 session.execute(
                     update(Contact)
                     .where(col(Contact.id).in_(opted_out), col(Contact.unsubscribed_at).is_(None))
                     .values(unsubscribed_at=now)
+                )
+            elif opted_out:
+                # Blocked the bot, stopped marketing messages: out of this channel only.
+                known = set(
+                    session.execute(
+                        select(col(ChannelOptOut.contact_id)).where(
+                            col(ChannelOptOut.contact_id).in_(opted_out),
+                            col(ChannelOptOut.channel) == self.channel_name,
+                        )
+                    ).scalars()
+                )
+                session.add_all(
+                    ChannelOptOut(contact_id=cid, channel=self.channel_name, created_at=now)
+                    for cid in dict.fromkeys(opted_out)
+                    if cid not in known
                 )
 
     async def _flush(self) -> None:
@@ -312,7 +335,7 @@ class ChunkSender:
         self, channel: Channel, pacer: Pacer, view: CampaignView, row: dict[str, Any]
     ) -> None:
         try:
-            if row["unsubscribed_at"] is not None:
+            if row["unsubscribed_at"] is not None or row["channel_opt_out"] is not None:
                 raise PermanentSendError("contact opted out before sending", code="opted_out")
             result = await self._send_with_retries(channel, pacer, build_message(view, row))
             outcome = _Outcome(row["id"], row["contact_id"], result.status, result.provider_message_id)
@@ -354,6 +377,7 @@ class ChunkSender:
         if view is None:
             self.report.stopped = True
             return self.report
+        self.channel_name = view.channel
         self.report.recovered_unknown = await asyncio.to_thread(self._recover_stale)
         channel = self.channel or build_channel(view.channel, self.settings)
         config = self.settings.channel(view.channel)

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     stale_after_s: float = 60.0
     # How many times a crashed run is resumed automatically before the campaign fails.
     max_resumes: int = 3
+    # Hold a Prefect global concurrency slot per (channel, sender) while a chunk sends through a
+    # real provider, so that several workers together respect the provider's limits.
+    global_limits: bool = True
 
     api: ApiSettings = ApiSettings()
     delivery: DeliverySettings = DeliverySettings()

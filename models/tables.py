@@ -60,6 +60,16 @@ class Contact(SQLModel, table=True):
     updated_at: datetime
 
 
+class ChannelOptOut(SQLModel, table=True):
+    """A contact that opted out of one channel only (e.g. blocked the Telegram bot)."""
+
+    __tablename__ = "channel_opt_outs"
+
+    contact_id: str = Field(foreign_key="contacts.id", primary_key=True, max_length=40)
+    channel: str = Field(primary_key=True, max_length=16)
+    created_at: datetime
+
+
 class ContactList(SQLModel, table=True):
     __tablename__ = "contact_lists"
 

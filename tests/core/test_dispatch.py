@@ -174,3 +174,41 @@ async def test_sends_are_paced(settings: Settings, engine: Engine, rate: float) 
     )
     # burst of 20, then 20 more at 20/s
     assert loop.time() - start >= 0.9
+
+
+async def test_a_blocked_bot_opts_out_of_that_channel_only(settings: Settings, engine: Engine) -> None:
+    from core import audience
+
+    tenant = make_tenant(engine, contacts_n=2, channel="telegram", sender="shop_bot")
+    with session_scope(engine) as session:
+        cid = campaigns.create_campaign(
+            session,
+            account_id=tenant.account_id,
+            data=CampaignCreate(
+                name="tg", channel="telegram", contact_list_id=tenant.list_id, sender_id="shop_bot", body="hi"
+            ),
+        ).id
+        campaigns.start_run(session, campaign_id=cid, flow_run_id=None)
+        campaigns.take_snapshot(session, campaign_id=cid)
+
+    def blocked(message: OutboundMessage, attempt: int) -> Any:
+        if message.to == "1000":
+            raise PermanentSendError(
+                "Forbidden: bot was blocked by the user", code="bot_blocked", opt_out=True
+            )
+        return None
+
+    report = await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=2, channel=FakeChannel(blocked)
+    )
+    assert (report.accepted, report.failed) == (1, 1)
+    with session_scope(engine) as session:
+
+        def reach(channel: str) -> int:
+            return audience.estimate(
+                session, account_id=tenant.account_id, list_id=tenant.list_id, channel=channel, body="hi"
+            ).recipients
+
+        assert (reach("telegram"), reach("sms"), reach("email")) == (1, 2, 2)
+        contacts = session.execute(select(Contact).where(Contact.account_id == tenant.account_id)).scalars()
+        assert all(c.unsubscribed_at is None for c in contacts)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 21:25:22.392533
+Create Date: 2026-11-29 21:30:46.688320
 """
 from alembic import op
 import sqlalchemy as sa
@@ -154,6 +154,13 @@ def upgrade() -> None:
     with op.batch_alter_table('sender_ids', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_sender_ids_account_id'), ['account_id'], unique=False)
 
+    op.create_table('channel_opt_outs',
+    sa.Column('contact_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('channel', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], ),
+    sa.PrimaryKeyConstraint('contact_id', 'channel')
+    )
     op.create_table('list_memberships',
     sa.Column('list_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
     sa.Column('contact_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
@@ -206,6 +213,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_list_memberships_contact')
 
     op.drop_table('list_memberships')
+    op.drop_table('channel_opt_outs')
     with op.batch_alter_table('sender_ids', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_sender_ids_account_id'))
 
