@@ -26,44 +26,16 @@ import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy import insert
 
-from core import accounts, contacts, sender_ids
-from core.db import get_engine, migrate, session_scope
-from core.ids import new_id
-from core.settings import Settings
-from core.timeutil import utcnow
-from deployments.stack import free_port
-from models import Contact, ListMembership
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the bulk factory, the serve helper and the fakes live with the tests
 
-
-def bootstrap(settings: Settings, n: int) -> tuple[str, str]:
-    """An account, an approved sender and a list of n contacts (bulk insert)."""
-    migrate(settings)
-    engine = get_engine(settings)
-    with session_scope(engine) as session:
-        new = accounts.create_account(session, name="bench", credits_amount=n * 2)
-        lst = contacts.create_list(session, account_id=new.account_id, name="bench")
-        sender_ids.register(session, account_id=new.account_id, channel="sms", value="BENCH", approved=True)
-        now = utcnow()
-        rows, members = [], []
-        for i in range(n):
-            cid = new_id("cnt")
-            rows.append(
-                {
-                    "id": cid,
-                    "account_id": new.account_id,
-                    "name": f"Bench Person{i}",
-                    "phone": f"+1{2000000000 + i}",
-                    "attributes": {},
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-            members.append({"list_id": lst.id, "contact_id": cid, "created_at": now})
-        session.execute(insert(Contact.__table__), rows)  # type: ignore[attr-defined]
-        session.execute(insert(ListMembership.__table__), members)  # type: ignore[attr-defined]
-    return new.api_key, lst.id
+from core.db import make_engine, migrate  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from deployments.stack import free_port  # noqa: E402
+from tests.e2e.serving import clean_env, start_serve  # noqa: E402
+from tests.factories import bulk_tenant  # noqa: E402
+from tests.providers import fake_server as fk  # noqa: E402
 
 
 class PeakRss:
@@ -110,27 +82,20 @@ def main() -> int:
 
     data = Path(tempfile.mkdtemp(prefix="campaigns-bench-"))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CAMPAIGNS_"))}
-    env.update(
-        {
-            "CAMPAIGNS_DATA_DIR": str(data),
-            "CAMPAIGNS_PREFECT_PORT": str(free_port()),
-            "CAMPAIGNS_SANDBOX__LATENCY_MS": str(args.latency_ms),
-            "CAMPAIGNS_SANDBOX__DELIVERY_DELAY_S": "0.5",
-            "CAMPAIGNS_CHUNK_SIZE": str(args.chunk_size),
-            "PREFECT_LOGGING_LEVEL": "WARNING",
-        }
+    env = clean_env(
+        CAMPAIGNS_DATA_DIR=str(data),
+        CAMPAIGNS_PREFECT_PORT=str(free_port()),
+        CAMPAIGNS_SANDBOX__LATENCY_MS=str(args.latency_ms),
+        CAMPAIGNS_SANDBOX__DELIVERY_DELAY_S="0.5",
+        CAMPAIGNS_CHUNK_SIZE=str(args.chunk_size),
+        PREFECT_LOGGING_LEVEL="WARNING",
     )
     fake = None
     if args.provider == "twilio":
-        root = Path(__file__).resolve().parents[1]
-        sys.path.insert(0, str(root))  # the fakes live with the tests
-        from tests.providers import fake_server as fk
-
         fake_port = free_port()
         fake = subprocess.Popen(
             [sys.executable, "-m", "tests.providers.fake_server", str(fake_port), str(args.latency_ms)],
-            cwd=root,
+            cwd=ROOT,
         )
         env.update(
             {
@@ -143,27 +108,13 @@ def main() -> int:
             }
         )
     settings = Settings(data_dir=data)
-    api_key, list_id = bootstrap(settings, args.recipients)
-    log = (data / "serve.log").open("w")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "deployments.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    migrate(settings)
+    tenant = bulk_tenant(make_engine(settings.resolved_database_url()), args.recipients, sender="BENCH")
+    api_key, list_id = tenant.api_key, tenant.list_id
     url = f"http://127.0.0.1:{port}"
+    serve = None
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if serve.poll() is not None or time.monotonic() > deadline:
-                print((data / "serve.log").read_text())
-                return 1
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        serve = start_serve(env, port, data / "serve.log", timeout=180)
         headers = {"Authorization": f"Bearer {api_key}"}
         with PeakRss() as rss, httpx.Client(base_url=url, headers=headers, timeout=30) as api:
             t_create = time.monotonic()
@@ -211,8 +162,9 @@ def main() -> int:
         print(f"flow-run process peak RSS: {rss.peak_kb / 1024:.0f} MB")
         return 0 if c["status"] == "completed" else 1
     finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=60)
+        if serve is not None:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(timeout=60)
         if fake is not None:
             fake.terminate()
             fake.wait(timeout=10)

@@ -96,3 +96,45 @@ def json_or_empty(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+class HttpAdapter:
+    """The life cycle the HTTP adapters share: one client (connection pool) per chunk."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 10.0,
+        auth: tuple[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.transport = transport
+        self.timeout = timeout
+        self.auth = auth
+        self.headers = headers
+        self.client: httpx.AsyncClient | None = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The open client (open() must have been called)."""
+        assert self.client is not None, "open() first"
+        return self.client
+
+    async def open(self) -> None:
+        """One connection pool for the chunk."""
+        self.client = make_client(
+            self.base_url,
+            transport=self.transport,
+            timeout=self.timeout,
+            auth=self.auth,
+            headers=self.headers,
+        )
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None

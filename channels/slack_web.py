@@ -18,7 +18,13 @@ from channels.base import (
     StatusUpdate,
     TransientSendError,
 )
-from channels.http import json_or_empty, make_client, raise_for_transient_status, request, retry_after_seconds
+from channels.http import (
+    HttpAdapter,
+    json_or_empty,
+    raise_for_transient_status,
+    request,
+    retry_after_seconds,
+)
 from core.settings import SlackWebSettings
 
 RATE_LIMITED = frozenset({"ratelimited", "rate_limited"})
@@ -38,7 +44,7 @@ CONFIG = frozenset(
 )
 
 
-class SlackChannel:
+class SlackChannel(HttpAdapter):
     """Slack Web API adapter."""
 
     name = "slack"
@@ -58,30 +64,17 @@ class SlackChannel:
         if not settings.bot_token.get_secret_value():
             raise ProviderConfigError("Slack needs CAMPAIGNS_SLACK_WEB__BOT_TOKEN")
         self.settings = settings
-        self.transport = transport
-        self.timeout = timeout
-        self.client: httpx.AsyncClient | None = None
-
-    async def open(self) -> None:
-        """One connection pool for the chunk."""
-        self.client = make_client(
-            self.settings.base_url,
-            transport=self.transport,
-            timeout=self.timeout,
-            headers={"Authorization": f"Bearer {self.settings.bot_token.get_secret_value()}"},
+        super().__init__(
+            settings.base_url,
+            transport=transport,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {settings.bot_token.get_secret_value()}"},
         )
-
-    async def close(self) -> None:
-        """Close the pool."""
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
 
     async def send(self, message: OutboundMessage) -> SendResult:
         """chat.postMessage; ok → delivered."""
-        assert self.client is not None, "open() first"
         response = await request(
-            self.client, "POST", "/chat.postMessage", json={"channel": message.to, "text": message.body or ""}
+            self.http, "POST", "/chat.postMessage", json={"channel": message.to, "text": message.body or ""}
         )
         body = json_or_empty(response)
         if response.status_code == 200 and body.get("ok"):

@@ -19,7 +19,13 @@ from channels.base import (
     StatusUpdate,
     TransientSendError,
 )
-from channels.http import json_or_empty, make_client, raise_for_transient_status, request, retry_after_seconds
+from channels.http import (
+    HttpAdapter,
+    json_or_empty,
+    raise_for_transient_status,
+    request,
+    retry_after_seconds,
+)
 from core.settings import TwilioSettings
 
 # Synchronous error codes about our account or sender, not the recipient (21408 region
@@ -46,7 +52,7 @@ def map_status(twilio_status: str) -> str | None:
     return None
 
 
-class TwilioChannel:
+class TwilioChannel(HttpAdapter):
     """Twilio SMS adapter."""
 
     name = "sms"
@@ -68,34 +74,21 @@ class TwilioChannel:
             raise ProviderConfigError("Twilio needs CAMPAIGNS_TWILIO__ACCOUNT_SID and __AUTH_TOKEN")
         self.settings = settings
         self.public_url = public_url
-        self.transport = transport
-        self.timeout = timeout
-        self.client: httpx.AsyncClient | None = None
-        self.path = f"/2010-04-01/Accounts/{settings.account_sid}/Messages"
-
-    async def open(self) -> None:
-        """One connection pool for the chunk."""
-        self.client = make_client(
-            self.settings.base_url,
-            transport=self.transport,
-            timeout=self.timeout,
-            auth=(self.settings.account_sid, self.settings.auth_token.get_secret_value()),
+        super().__init__(
+            settings.base_url,
+            transport=transport,
+            timeout=timeout,
+            auth=(settings.account_sid, settings.auth_token.get_secret_value()),
             headers={"Accept": "application/json"},
         )
-
-    async def close(self) -> None:
-        """Close the pool."""
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        self.path = f"/2010-04-01/Accounts/{settings.account_sid}/Messages"
 
     async def send(self, message: OutboundMessage) -> SendResult:
         """POST Messages.json; 201 → accepted (`sent`, receipt to follow)."""
-        assert self.client is not None, "open() first"
         form = {"To": message.to, "From": message.sender, "Body": message.body or ""}
         if self.public_url:
             form["StatusCallback"] = f"{self.public_url.rstrip('/')}/v1/webhooks/twilio/status"
-        response = await request(self.client, "POST", f"{self.path}.json", data=form)
+        response = await request(self.http, "POST", f"{self.path}.json", data=form)
         if response.status_code in (200, 201):
             body = json_or_empty(response)
             sid = body.get("sid")
@@ -127,9 +120,8 @@ class TwilioChannel:
 
     async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
         """GET the message; a final status (or None while Twilio still works on it)."""
-        assert self.client is not None, "open() first"
         try:
-            response = await request(self.client, "GET", f"{self.path}/{provider_message_id}.json")
+            response = await request(self.http, "GET", f"{self.path}/{provider_message_id}.json")
         except TransientSendError:
             return None
         if response.status_code != 200:

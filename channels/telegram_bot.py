@@ -19,7 +19,7 @@ from channels.base import (
     StatusUpdate,
     TransientSendError,
 )
-from channels.http import json_or_empty, make_client, raise_for_transient_status, request
+from channels.http import HttpAdapter, json_or_empty, raise_for_transient_status, request
 from core.settings import TelegramBotSettings
 
 
@@ -39,7 +39,7 @@ def _code(description: str) -> str:
     return "bad_request"
 
 
-class TelegramChannel:
+class TelegramChannel(HttpAdapter):
     """Telegram Bot API adapter."""
 
     name = "telegram"
@@ -58,27 +58,14 @@ class TelegramChannel:
         if not settings.token.get_secret_value():
             raise ProviderConfigError("Telegram needs CAMPAIGNS_TELEGRAM_BOT__TOKEN")
         self.settings = settings
-        self.transport = transport
-        self.timeout = timeout
-        self.client: httpx.AsyncClient | None = None
-
-    async def open(self) -> None:
-        """One connection pool for the chunk."""
-        self.client = make_client(self.settings.base_url, transport=self.transport, timeout=self.timeout)
-
-    async def close(self) -> None:
-        """Close the pool."""
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        super().__init__(settings.base_url, transport=transport, timeout=timeout)
 
     async def send(self, message: OutboundMessage) -> SendResult:
         """sendMessage; ok → delivered (platform level)."""
-        assert self.client is not None, "open() first"
         token = self.settings.token.get_secret_value()
         chat_id: int | str = int(message.to) if message.to.lstrip("-").isdigit() else message.to
         response = await request(
-            self.client,
+            self.http,
             "POST",
             f"/bot{token}/sendMessage",
             json={"chat_id": chat_id, "text": message.body or ""},

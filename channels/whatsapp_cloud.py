@@ -20,7 +20,13 @@ from channels.base import (
     StatusUpdate,
     TransientSendError,
 )
-from channels.http import json_or_empty, make_client, raise_for_transient_status, request, retry_after_seconds
+from channels.http import (
+    HttpAdapter,
+    json_or_empty,
+    raise_for_transient_status,
+    request,
+    retry_after_seconds,
+)
 from core.settings import WhatsAppCloudSettings
 
 RATE_LIMIT = frozenset({4, 80007, 130429, 131056})
@@ -50,7 +56,7 @@ def status_update(status: dict[str, Any]) -> StatusUpdate | None:
     return None
 
 
-class WhatsAppCloudChannel:
+class WhatsAppCloudChannel(HttpAdapter):
     """WhatsApp Cloud API adapter."""
 
     name = "whatsapp"
@@ -69,24 +75,12 @@ class WhatsAppCloudChannel:
         if not settings.access_token.get_secret_value():
             raise ProviderConfigError("WhatsApp needs CAMPAIGNS_WHATSAPP_CLOUD__ACCESS_TOKEN")
         self.settings = settings
-        self.transport = transport
-        self.timeout = timeout
-        self.client: httpx.AsyncClient | None = None
-
-    async def open(self) -> None:
-        """One connection pool for the chunk."""
-        self.client = make_client(
-            self.settings.base_url,
-            transport=self.transport,
-            timeout=self.timeout,
-            headers={"Authorization": f"Bearer {self.settings.access_token.get_secret_value()}"},
+        super().__init__(
+            settings.base_url,
+            transport=transport,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {settings.access_token.get_secret_value()}"},
         )
-
-    async def close(self) -> None:
-        """Close the pool."""
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
 
     @staticmethod
     def payload(message: OutboundMessage) -> dict[str, Any]:
@@ -105,10 +99,7 @@ class WhatsAppCloudChannel:
 
     async def send(self, message: OutboundMessage) -> SendResult:
         """POST /{phone_number_id}/messages; 200 → accepted (`sent`), receipts by webhook."""
-        assert self.client is not None, "open() first"
-        response = await request(
-            self.client, "POST", f"/{message.sender}/messages", json=self.payload(message)
-        )
+        response = await request(self.http, "POST", f"/{message.sender}/messages", json=self.payload(message))
         body = json_or_empty(response)
         if response.status_code == 200 and body.get("messages"):
             return SendResult(provider_message_id=str(body["messages"][0]["id"]), status="sent")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,52 +18,30 @@ from core.db import make_engine, migrate, session_scope
 from core.settings import Settings
 from deployments.stack import free_port
 from models import Message
+from tests.e2e.serving import clean_env, start_serve
 from tests.factories import bulk_tenant
 
 pytestmark = pytest.mark.e2e
 
 
-def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deployments.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=log.open("a"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise AssertionError("serve did not start:\n" + log.read_text())
-
-
 def test_worker_killed_mid_campaign_resumes_without_duplicates(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CAMPAIGNS_"))}
-    env.update(
-        {
-            "CAMPAIGNS_DATA_DIR": str(tmp_path),
-            "CAMPAIGNS_PREFECT_PORT": str(free_port()),
-            "CAMPAIGNS_SANDBOX__LATENCY_MS": "20",
-            "CAMPAIGNS_SMS__CONCURRENCY": "4",
-            "CAMPAIGNS_CHUNK_SIZE": "200",
-            "CAMPAIGNS_RECONCILE_INTERVAL_S": "2",
-            "CAMPAIGNS_STALE_AFTER_S": "10",
-            "CAMPAIGNS_SANDBOX__DELIVERY_DELAY_S": "0.2",
-        }
+    env = clean_env(
+        CAMPAIGNS_DATA_DIR=str(tmp_path),
+        CAMPAIGNS_PREFECT_PORT=str(free_port()),
+        CAMPAIGNS_SANDBOX__LATENCY_MS="20",
+        CAMPAIGNS_SMS__CONCURRENCY="4",
+        CAMPAIGNS_CHUNK_SIZE="200",
+        CAMPAIGNS_RECONCILE_INTERVAL_S="2",
+        CAMPAIGNS_STALE_AFTER_S="10",
+        CAMPAIGNS_SANDBOX__DELIVERY_DELAY_S="0.2",
     )
     settings = Settings(data_dir=tmp_path)
     migrate(settings)
     engine = make_engine(settings.resolved_database_url())
     tenant = bulk_tenant(engine, 2000)
     log = tmp_path / "serve.log"
-    serve = _serve(env, port, log)
+    serve = start_serve(env, port, log)
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=tenant.headers, timeout=30)
     try:
         cid = api.post(
@@ -92,7 +69,7 @@ def test_worker_killed_mid_campaign_resumes_without_duplicates(tmp_path: Path) -
         for pid in workers:  # the runner and its flow-run process, like a machine dying
             os.killpg(int(pid), signal.SIGKILL)
         serve.wait(timeout=60)  # serve notices and stops the rest
-        serve = _serve(env, port, log)
+        serve = start_serve(env, port, log)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             c = api.get(f"/v1/campaigns/{cid}").json()

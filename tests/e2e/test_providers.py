@@ -5,11 +5,7 @@ including recipients that fail permanently (at send, or later by receipt)."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +15,7 @@ import httpx
 import pytest
 
 from deployments.stack import free_port
+from tests.e2e.serving import clean_env, cli_json, start_serve
 from tests.providers import fake_server as fk
 
 pytestmark = pytest.mark.e2e
@@ -86,9 +83,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         port = free_port()
         api = f"http://127.0.0.1:{port}"
         fakes.whatsapp_webhook_url = api
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CAMPAIGNS_"))}
-        env.update(
-            {
+        env = clean_env(
+            **{
                 "CAMPAIGNS_DATA_DIR": str(data),
                 "CAMPAIGNS_PREFECT_PORT": str(free_port()),
                 "CAMPAIGNS_PUBLIC_URL": api,
@@ -113,45 +109,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             }
         )
         log = data / "serve.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "deployments.cli", "serve", "--port", str(port)],
-            env=env,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
+        proc = start_serve(env, port, log)
         try:
-            deadline = time.monotonic() + 150
-            while True:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                try:
-                    if httpx.get(f"{api}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
             yield {"api": api, "env": env, "fakes": fakes, "smtp": smtp.handler, "log": log}
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
 
 
-def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
-    r = subprocess.run(
-        [sys.executable, "-m", "deployments.cli", *args, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)  # type: ignore[no-any-return]
-
-
 def test_every_provider_completes_a_campaign(stack: dict[str, Any], tmp_path: Path) -> None:
-    account = cli(stack["env"], "accounts", "create", "providers", "--credits", "1000")
+    account = cli_json(stack["env"], "accounts", "create", "providers", "--credits", "1000")
     for channel, value in SENDERS.items():
-        cli(
+        cli_json(
             stack["env"],
             "sender-ids",
             "add",

@@ -3,8 +3,6 @@ driven over HTTP like a user would."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,65 +15,35 @@ import httpx
 import pytest
 
 from deployments.stack import free_port
+from tests.e2e.serving import clean_env, cli_json, start_serve
 
 pytestmark = pytest.mark.e2e
 
 
 class Served:
-    def __init__(self, url: str, env: dict[str, str], proc: subprocess.Popen[str]) -> None:
+    def __init__(self, url: str, env: dict[str, str], proc: subprocess.Popen[bytes]) -> None:
         self.url, self.env, self.proc = url, env, proc
 
     def cli(self, *args: str) -> dict[str, Any]:
-        r = subprocess.run(
-            [sys.executable, "-m", "deployments.cli", *args, "--json"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)  # type: ignore[no-any-return]
+        return cli_json(self.env, *args)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data = tmp_path_factory.mktemp("serve")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CAMPAIGNS_"))}
-    env.update(
-        {
-            "CAMPAIGNS_DATA_DIR": str(data),
-            "CAMPAIGNS_PREFECT_PORT": str(free_port()),
-            "CAMPAIGNS_API__RATE_PER_SECOND": "1000",
-            "CAMPAIGNS_API__BURST": "1000",
-            "CAMPAIGNS_SANDBOX__DELIVERY_DELAY_S": "1",
-            "CAMPAIGNS_DELIVERY__POLL_INTERVAL_S": "0.5",
-            "CAMPAIGNS_RECONCILE_INTERVAL_S": "2",
-            "CAMPAIGNS_CHUNK_SIZE": "100",
-        }
+    env = clean_env(
+        CAMPAIGNS_DATA_DIR=str(data),
+        CAMPAIGNS_PREFECT_PORT=str(free_port()),
+        CAMPAIGNS_API__RATE_PER_SECOND="1000",
+        CAMPAIGNS_API__BURST="1000",
+        CAMPAIGNS_SANDBOX__DELIVERY_DELAY_S="1",
+        CAMPAIGNS_DELIVERY__POLL_INTERVAL_S="0.5",
+        CAMPAIGNS_RECONCILE_INTERVAL_S="2",
+        CAMPAIGNS_CHUNK_SIZE="100",
     )
-    log = (data / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deployments.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (data / "serve.log").read_text()
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("campaigns serve did not become healthy:\n" + (data / "serve.log").read_text())
-    yield Served(url, env, proc)
+    proc = start_serve(env, port, data / "serve.log")
+    yield Served(f"http://127.0.0.1:{port}", env, proc)
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
