@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from core.db import get_engine, migrate, session_scope
@@ -95,6 +96,43 @@ def _set_sender_status(status: str) -> Callable[[argparse.Namespace, Settings], 
         return 0
 
     return run
+
+
+def cmd_contacts_import(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from core import importer
+    from core.accounts import get_account
+    from core.errors import NotFound
+
+    rows = importer.rows_from_csv(Path(args.file).read_text(encoding="utf-8-sig"))
+    if len(rows) > importer.MAX_ROWS:
+        raise DomainError(f"an import takes at most {importer.MAX_ROWS} rows; the file has {len(rows)}")
+    migrate(settings)
+    engine = get_engine(settings)
+    with session_scope(engine) as session:
+        if get_account(session, args.account) is None:
+            raise NotFound(f"account {args.account} not found")
+    total = importer.ImportResult()
+    columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=args.json, transient=True) as progress:
+        bar = progress.add_task("import", total=len(rows))
+        for start in range(0, max(len(rows), 1), importer.BATCH):
+            batch = rows[start : start + importer.BATCH]
+            with session_scope(engine) as session:
+                part = importer.import_contacts(
+                    session, account_id=args.account, rows=batch, list_id=args.list, first_row=start + 1
+                )
+            total.created += part.created
+            total.updated += part.updated
+            total.rejected_rows += part.rejected_rows
+            progress.update(bar, advance=len(batch))
+    data = total.as_dict()
+    text = f"created {total.created}, updated {total.updated}, rejected {total.rejected}"
+    for rejected in total.rejected_rows[:20]:
+        text += f"\n  row {rejected['row']}: {rejected['reason']}"
+    _print(args, data, text)
+    return 0
 
 
 def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
@@ -216,6 +254,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("sender_id")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=_set_sender_status(status))
+
+    contacts_cmd = sub.add_parser("contacts").add_subparsers(dest="sub", required=True)
+    p = contacts_cmd.add_parser("import", help="bulk import (upsert by phone) from a CSV file")
+    p.add_argument("file")
+    p.add_argument("--account", required=True)
+    p.add_argument("--list", default=None, help="also add every imported contact to this list")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_contacts_import)
 
     db = sub.add_parser("db").add_subparsers(dest="sub", required=True)
     p = db.add_parser("upgrade", help="create or migrate the database schema")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -9,7 +10,8 @@ from sqlmodel import Session
 
 from api.deps import AccountId, Paging, in_db, page_body, read_json, validate_body
 from api.serialize import contact_out, list_out
-from core import contacts
+from core import contacts, importer
+from core.errors import InvalidRequest
 from models.schemas import ContactCreate, ContactListCreate, ContactUpdate, ListContactsAdd
 
 router = APIRouter(tags=["contacts"])
@@ -30,6 +32,30 @@ async def create_contact(request: Request, account_id: AccountId) -> dict[str, A
         return _contact(session, account_id, contact.id)
 
     return await in_db(request, _create)
+
+
+@router.post("/v1/contacts/import")
+async def import_contacts(
+    request: Request, account_id: AccountId, list_id: Annotated[str | None, Query()] = None
+) -> dict[str, Any]:
+    """Bulk upsert by phone from a JSON array or a CSV body (text/csv), up to 100,000 rows."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("text/csv", "application/csv"):
+        raw = await request.body()
+        try:
+            rows: Any = importer.rows_from_csv(raw.decode("utf-8-sig"))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise InvalidRequest(f"unreadable CSV: {exc}") from None
+    else:
+        rows = await read_json(request)
+        if isinstance(rows, dict) and isinstance(rows.get("contacts"), list):
+            rows = rows["contacts"]
+        if not isinstance(rows, list):
+            raise InvalidRequest("body must be a JSON array of contacts (or CSV with Content-Type: text/csv)")
+    result = await in_db(
+        request, lambda s: importer.import_contacts(s, account_id=account_id, rows=rows, list_id=list_id)
+    )
+    return result.as_dict()
 
 
 @router.get("/v1/contacts")
