@@ -31,7 +31,8 @@ class Launcher(Protocol):
 
 
 class NullLauncher:
-    """A launcher that launches nothing (API-only use without an orchestrator)."""
+    """No orchestrator here (API-only use): campaigns stay draft and a worker's reconciler
+    creates their flow runs; /healthz reports the orchestrator as unreachable."""
 
     async def launch(
         self,
@@ -48,4 +49,4 @@ class NullLauncher:
         return None
 
     async def healthy(self) -> bool:
-        return True
+        return False

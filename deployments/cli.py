@@ -144,8 +144,20 @@ def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
 # -- processes --
 
 
+def _prefect_api_url() -> str | None:
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url
+
+
 def cmd_worker(_args: argparse.Namespace, settings: Settings) -> int:
     from deployments.worker import run_worker
+
+    if not _prefect_api_url():
+        # Without a server Prefect would run an ephemeral one inside this process: no scheduler,
+        # no cancellations, nothing shared with other workers.
+        print("error: set PREFECT_API_URL to your Prefect server (or use `campaigns serve`)", file=sys.stderr)
+        return 1
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_worker(settings))
@@ -155,8 +167,14 @@ def cmd_worker(_args: argparse.Namespace, settings: Settings) -> int:
 def build_api(settings: Settings) -> Any:
     """The API with the Prefect launcher (what `api` and `serve` run)."""
     from api.app import create_app
+    from core.launcher import NullLauncher
     from flows.launcher import PrefectLauncher
 
+    if not _prefect_api_url():
+        logging.getLogger("campaigns.api").warning(
+            "PREFECT_API_URL is not set: campaigns stay draft until a worker's reconciler starts them"
+        )
+        return create_app(settings, launcher=NullLauncher())
     return create_app(settings, launcher=PrefectLauncher())
 
 

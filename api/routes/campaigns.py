@@ -84,8 +84,8 @@ async def _launch(request: Request, body: dict[str, Any], account_id: str) -> No
             channel=body["channel"],
             scheduled_at=datetime.fromisoformat(scheduled.replace("Z", "+00:00")) if scheduled else None,
         )
-    except Exception:
-        log.exception("could not create the flow run of %s; the reconciler will retry", body["id"])
+    except Exception as exc:
+        log.warning("could not create the flow run of %s (%s); the reconciler will retry", body["id"], exc)
         return
     body["flow_run_id"] = flow_run_id
     await in_db(
