@@ -78,6 +78,7 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=1000)
     parser.add_argument("--provider", choices=["sandbox", "twilio"], default="sandbox")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--no-global-limits", action="store_true", help="CAMPAIGNS_GLOBAL_LIMITS=false")
     args = parser.parse_args()
 
     data = Path(tempfile.mkdtemp(prefix="campaigns-bench-"))
@@ -89,6 +90,7 @@ def main() -> int:
         CAMPAIGNS_SANDBOX__DELIVERY_DELAY_S="0.5",
         CAMPAIGNS_CHUNK_SIZE=str(args.chunk_size),
         PREFECT_LOGGING_LEVEL="WARNING",
+        CAMPAIGNS_GLOBAL_LIMITS="false" if args.no_global_limits else "true",
     )
     fake = None
     if args.provider == "twilio":

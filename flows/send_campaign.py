@@ -33,6 +33,7 @@ from tasks.campaign_tasks import (
     send_chunk,
     settle_credits,
 )
+from tasks.limits import provider_slot
 
 SCHEDULE_CHECK_S = 5.0
 HEARTBEAT_S = 5.0
@@ -158,7 +159,10 @@ async def _send_campaign(campaign_id: str) -> dict[str, Any]:
         done += 1
         await aupdate_progress_artifact(progress, 100.0 * done / max(len(chunks), 1))
 
-    await asyncio.gather(*(run_chunk(i, s, e) for i, (s, e) in enumerate(chunks)))
+    # One global slot per (channel, sender) for the whole sending phase keeps campaigns on other
+    # workers that share this sender from sending at the same time (one acquisition per run).
+    async with provider_slot(settings, campaign.channel, campaign.sender_value):
+        await asyncio.gather(*(run_chunk(i, s, e) for i, (s, e) in enumerate(chunks)))
 
     if stopped or campaigns.is_final(await _db(campaigns.status_of, campaign_id)):
         final = await _db(campaigns.status_of, campaign_id)

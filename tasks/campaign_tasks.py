@@ -21,7 +21,6 @@ from core.dispatch import send_chunk as send_chunk_core
 from core.settings import get_settings
 from core.timeutil import as_utc, utcnow
 from models import Message, MessageStatus
-from tasks.limits import provider_slot
 
 
 def _engine():  # type: ignore[no-untyped-def]
@@ -95,12 +94,9 @@ def _chunk_retry_condition(_task: Any, _run: Any, state: Any) -> bool:
 async def send_chunk(campaign_id: str, channel: str, chunk_no: int, start: int, end: int) -> dict[str, Any]:
     """Send one chunk's pending messages concurrently; returns the chunk's counts."""
     settings = get_settings()
-    engine = get_engine(settings)
-    sender = (await asyncio.to_thread(_in_tx, campaigns.load, campaign_id)).sender_value
-    async with provider_slot(settings, channel, sender):
-        report = await send_chunk_core(
-            settings=settings, engine=engine, campaign_id=campaign_id, start=start, end=end
-        )
+    report = await send_chunk_core(
+        settings=settings, engine=get_engine(settings), campaign_id=campaign_id, start=start, end=end
+    )
     return dataclasses.asdict(report)
 
 
