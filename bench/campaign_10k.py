@@ -38,6 +38,38 @@ from tests.factories import bulk_tenant  # noqa: E402
 from tests.providers import fake_server as fk  # noqa: E402
 
 
+class GetLatency:
+    """Times GET /v1/campaigns/{id} from a second client while the campaign runs."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.url, self.headers = url, headers
+        self.campaign_id: str | None = None
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=30) as client:
+            while not self._stop.is_set():
+                if self.campaign_id:
+                    start = time.perf_counter()
+                    client.get(f"/v1/campaigns/{self.campaign_id}").raise_for_status()
+                    self.samples.append(time.perf_counter() - start)
+                time.sleep(0.05)
+
+    def __enter__(self) -> GetLatency:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000 if ordered else float("nan")
+
+
 class PeakRss:
     """Samples VmHWM of every flow-run process (python -m prefect.engine … ) below a root pid."""
 
@@ -90,6 +122,8 @@ def main() -> int:
         CAMPAIGNS_SANDBOX__DELIVERY_DELAY_S="0.5",
         CAMPAIGNS_CHUNK_SIZE=str(args.chunk_size),
         PREFECT_LOGGING_LEVEL="WARNING",
+        CAMPAIGNS_API__RATE_PER_SECOND="1000",
+        CAMPAIGNS_API__BURST="1000",
         CAMPAIGNS_GLOBAL_LIMITS="false" if args.no_global_limits else "true",
     )
     fake = None
@@ -118,7 +152,11 @@ def main() -> int:
     try:
         serve = start_serve(env, port, data / "serve.log", timeout=180)
         headers = {"Authorization": f"Bearer {api_key}"}
-        with PeakRss() as rss, httpx.Client(base_url=url, headers=headers, timeout=30) as api:
+        with (
+            PeakRss() as rss,
+            GetLatency(url, headers) as latency,
+            httpx.Client(base_url=url, headers=headers, timeout=60) as api,
+        ):
             t_create = time.monotonic()
             r = api.post(
                 "/v1/campaigns",
@@ -131,7 +169,7 @@ def main() -> int:
                 },
             )
             r.raise_for_status()
-            cid = r.json()["id"]
+            cid = latency.campaign_id = r.json()["id"]
             t_processing = t_dispatched = None
             while True:
                 c = api.get(f"/v1/campaigns/{cid}").json()
@@ -162,6 +200,10 @@ def main() -> int:
             f"= {total / (t_done - t_create):,.0f} messages/s"
         )
         print(f"flow-run process peak RSS: {rss.peak_kb / 1024:.0f} MB")
+        print(
+            f"GET /v1/campaigns/{{id}} while running: p50 {latency.percentile(50):.1f} ms, "
+            f"p99 {latency.percentile(99):.1f} ms ({len(latency.samples)} requests)"
+        )
         return 0 if c["status"] == "completed" else 1
     finally:
         if serve is not None:

@@ -95,18 +95,16 @@ def estimate(session: Session, *, account_id: str, list_id: str, channel: str, b
     members = session.execute(
         select(func.count()).select_from(Contact).where(_member_filter(account_id, list_id))
     ).scalar_one()
+    count = session.execute(
+        select(func.count())
+        .select_from(Contact)
+        .where(_member_filter(account_id, list_id), _reachable(channel))
+    ).scalar_one()
     if channel == "sms" and body is not None and "{{" in body:
-        costs = [
-            per_message_cost(channel, body, recipient)
-            for recipient in iter_recipients(session, account_id=account_id, list_id=list_id, channel=channel)
-        ]
-        count, cost = len(costs), sum(costs)
+        # Personalized SMS: price each rendered body, streamed (no list of recipients in memory).
+        recipients = iter_recipients(session, account_id=account_id, list_id=list_id, channel=channel)
+        cost = sum(per_message_cost(channel, body, recipient) for recipient in recipients)
     else:
-        count = session.execute(
-            select(func.count())
-            .select_from(Contact)
-            .where(_member_filter(account_id, list_id), _reachable(channel))
-        ).scalar_one()
         cost = count * message_cost(channel, body) if channel == "sms" else count
     return Audience(recipients=int(count), skipped=int(members) - int(count), cost=int(cost))
 
