@@ -336,6 +336,7 @@ class ChunkSender:
     ) -> None:
         try:
             if row["unsubscribed_at"] is not None or row["channel_opt_out"] is not None:
+                self._unsent.discard(row["id"])  # decided here: never handed back as pending
                 raise PermanentSendError("contact opted out before sending", code="opted_out")
             result = await self._send_with_retries(channel, pacer, build_message(view, row))
             outcome = _Outcome(row["id"], row["contact_id"], result.status, result.provider_message_id)
@@ -392,10 +393,17 @@ class ChunkSender:
         concurrency = config.concurrency or channel.default_concurrency
         claim_batch = min(CLAIM_BATCH, max(32, 2 * concurrency))
         in_flight: set[asyncio.Task[None]] = set()
+        failure: list[BaseException] = []  # a send that raised something other than a send error
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                failure.append(task.exception())  # type: ignore[arg-type]
+
         flusher = asyncio.create_task(self._flush_periodically())
         await channel.open()
         try:
-            while True:
+            while not failure:
                 rows = await asyncio.to_thread(self._claim, claim_batch)
                 if rows is None:
                     self.report.stopped = True
@@ -406,20 +414,25 @@ class ChunkSender:
                 self._unsent.update(row["id"] for row in rows)
                 for row in rows:
                     await pacer.semaphore.acquire()
+                    if failure:  # stop at the first config error or bug; the rest stays unsent
+                        pacer.semaphore.release()
+                        break
                     task = asyncio.create_task(self._send_one(channel, pacer, view, row))
                     in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
+                    task.add_done_callback(finished)
                     if len(self._buffer) >= FLUSH_EVERY:
                         await self._flush()
             if in_flight:
-                await asyncio.gather(*in_flight)
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            if failure:
+                raise failure[0]
         finally:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
-            if self._unsent:  # stopped early (cancelled, shutting down): never sent, so pending again
-                self._unclaim(list(self._unsent))
             flusher.cancel()
-            await self._flush()
+            await self._flush()  # recorded outcomes first, then hand back what never went out
+            if self._unsent:  # stopped early (cancelled, shutting down, config error)
+                self._unclaim(list(self._unsent))
             await channel.close()
         return self.report
 

@@ -13,6 +13,7 @@ from core import campaigns
 from core.db import session_scope
 from core.dispatch import send_chunk
 from core.settings import Settings
+from core.timeutil import utcnow
 from models import Contact, Message
 from models.schemas import CampaignCreate
 from tests.factories import make_tenant
@@ -212,3 +213,39 @@ async def test_a_blocked_bot_opts_out_of_that_channel_only(settings: Settings, e
         assert (reach("telegram"), reach("sms"), reach("email")) == (1, 2, 2)
         contacts = session.execute(select(Contact).where(Contact.account_id == tenant.account_id)).scalars()
         assert all(c.unsubscribed_at is None for c in contacts)
+
+
+async def test_a_contact_that_opted_out_after_the_snapshot_is_not_sent(
+    settings: Settings, engine: Engine
+) -> None:
+    cid = _started_campaign(engine, n=2)
+    first = _messages(engine, cid)[0]
+    with session_scope(engine) as session:
+        session.execute(
+            update(Contact).where(Contact.id == first.contact_id).values(unsubscribed_at=utcnow())
+        )
+    channel = FakeChannel()
+    report = await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=2, channel=channel
+    )
+    assert (report.accepted, report.failed) == (1, 1)
+    assert [m.to for m in channel.sent] == [_messages(engine, cid)[1].to_address]
+    row = _messages(engine, cid)[0]
+    assert (row.status, row.error_code) == ("failed", "opted_out")
+
+
+async def test_a_config_error_stops_the_chunk_and_keeps_messages_pending(
+    settings: Settings, engine: Engine
+) -> None:
+    from channels.base import ProviderConfigError
+
+    cid = _started_campaign(engine, n=5)
+
+    def refused(message: OutboundMessage, attempt: int) -> Any:
+        raise ProviderConfigError("Twilio refused the request (20003): Authenticate")
+
+    with pytest.raises(ProviderConfigError):
+        await send_chunk(
+            settings=settings, engine=engine, campaign_id=cid, start=0, end=5, channel=FakeChannel(refused)
+        )
+    assert {m.status for m in _messages(engine, cid)} == {"pending"}
