@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 from api import errors
 from api.deps import AppState
 from api.routes import account, campaigns, contacts, webhooks
-from core.db import get_engine
+from core.db import get_engine, get_read_engine, make_engine
 from core.launcher import Launcher, NullLauncher
 from core.ratelimit import TokenBuckets
 from core.settings import Settings, get_settings
@@ -28,6 +28,11 @@ def create_app(
     app.state.campaigns = AppState(
         settings=settings,
         engine=engine or get_engine(settings),
+        read_engine=(
+            make_engine(str(engine.url), read_only=True)
+            if engine is not None and engine.dialect.name == "sqlite"
+            else engine or get_read_engine(settings)
+        ),
         launcher=launcher or NullLauncher(),
         buckets=TokenBuckets(settings.api.rate_per_second, settings.api.burst),
     )

@@ -28,6 +28,7 @@ M = TypeVar("M", bound=BaseModel)
 class AppState:
     settings: Settings
     engine: Engine
+    read_engine: Engine
     launcher: Launcher
     buckets: TokenBuckets
 
@@ -37,9 +38,11 @@ def state(request: Request) -> AppState:
     return request.app.state.campaigns  # type: ignore[no-any-return]
 
 
-async def in_db(request: Request, fn: Callable[[Session], T]) -> T:
-    """Run `fn(session)` in one transaction on a worker thread."""
-    engine = state(request).engine
+async def in_db(request: Request, fn: Callable[[Session], T], *, write: bool = True) -> T:
+    """Run `fn(session)` in one transaction on a worker thread (`write=False`: never waits for
+    a writer on SQLite)."""
+    app_state = state(request)
+    engine = app_state.engine if write else app_state.read_engine
 
     def _run() -> T:
         with session_scope(engine) as session:
@@ -54,7 +57,7 @@ async def current_account_id(request: Request) -> str:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing or malformed Authorization header; use 'Bearer <api_key>'")
-    account = await in_db(request, lambda s: accounts.account_for_key(s, key=key.strip()))
+    account = await in_db(request, lambda s: accounts.account_for_key(s, key=key.strip()), write=False)
     if account is None:
         raise Unauthorized("unknown API key")
     app_state = state(request)

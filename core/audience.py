@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,9 +110,17 @@ def estimate(session: Session, *, account_id: str, list_id: str, channel: str, b
 
 
 def snapshot(
-    session: Session, *, campaign_id: str, account_id: str, list_id: str, channel: str, body: str | None
+    session: Session,
+    *,
+    campaign_id: str,
+    account_id: str,
+    list_id: str,
+    channel: str,
+    body: str | None,
+    sink: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Audience:
-    """Insert one pending message row per recipient (seq 0..n-1); returns what was inserted."""
+    """One pending message row per recipient (seq 0..n-1), handed to `sink` in batches (default:
+    inserted through `session`); returns what was produced."""
     members = session.execute(
         select(func.count()).select_from(Contact).where(_member_filter(account_id, list_id))
     ).scalar_one()
@@ -120,6 +128,11 @@ def snapshot(
     rows: list[dict[str, Any]] = []
     count = cost = 0
     table = Message.__table__  # type: ignore[attr-defined]
+
+    def insert_here(batch: list[dict[str, Any]]) -> None:
+        session.execute(insert(table), batch)
+
+    write = sink or insert_here
     for recipient in iter_recipients(session, account_id=account_id, list_id=list_id, channel=channel):
         price = per_message_cost(channel, body, recipient)
         rows.append(
@@ -138,8 +151,8 @@ def snapshot(
         count += 1
         cost += price
         if len(rows) >= BATCH:
-            session.execute(insert(table), rows)
+            write(rows)
             rows = []
     if rows:
-        session.execute(insert(table), rows)
+        write(rows)
     return Audience(recipients=count, skipped=int(members) - count, cost=cost)

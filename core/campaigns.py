@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import Engine, delete, func, insert, update
 from sqlmodel import Session, col, select
 
 from core import audience, contacts, credits, sender_ids
+from core.db import session_scope
 from core.errors import Conflict, NotFound, ValidationFailed
 from core.ids import new_id
 from core.render import check_placeholders
@@ -334,6 +335,41 @@ def take_snapshot(session: Session, *, campaign_id: str) -> Campaign:
         .values(snapshot_at=utcnow(), total_recipients=result.recipients, skipped_count=result.skipped)
     )
     return load(session, campaign_id)
+
+
+def take_snapshot_in_batches(engine: Engine, read_engine: Engine, *, campaign_id: str) -> Campaign:
+    """take_snapshot for big lists: recipients are streamed from a read-only session and written
+    in batches of their own transactions, so a million-row snapshot never holds the (SQLite)
+    write lock for long. A run that died mid-snapshot starts it over: nothing is sent before
+    `snapshot_at` is set, so its partial rows can go."""
+    with session_scope(engine) as session:
+        campaign = load(session, campaign_id)
+        if campaign.snapshot_at is not None:
+            return campaign
+        session.execute(delete(Message).where(col(Message.campaign_id) == campaign_id))
+    table = Message.__table__  # type: ignore[attr-defined]
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        with session_scope(engine) as batch_session:
+            batch_session.execute(insert(table), rows)
+
+    with session_scope(read_engine) as reader:
+        result = audience.snapshot(
+            reader,
+            campaign_id=campaign.id,
+            account_id=campaign.account_id,
+            list_id=campaign.contact_list_id,
+            channel=campaign.channel,
+            body=campaign.body,
+            sink=write,
+        )
+    with session_scope(engine) as session:
+        session.execute(
+            update(Campaign)
+            .where(col(Campaign.id) == campaign_id)
+            .values(snapshot_at=utcnow(), total_recipients=result.recipients, skipped_count=result.skipped)
+        )
+        return load(session, campaign_id)
 
 
 def adjust_hold(session: Session, *, campaign_id: str) -> int:

@@ -30,8 +30,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """A new engine for `url`, tuned for this service."""
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """A new engine for `url`, tuned for this service.
+
+    On SQLite every write transaction starts with BEGIN IMMEDIATE (read-then-write transactions
+    queue instead of failing); a `read_only` engine keeps plain deferred BEGIN so that, under
+    WAL, reads never wait for a writer."""
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and ":memory:" not in url:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +46,8 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         # Take the write lock at BEGIN so read-then-write transactions never deadlock.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
         _disable_pysqlite_autobegin(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -61,6 +66,18 @@ def get_engine(settings: Settings) -> Engine:
         engine = _engines.get(url)
         if engine is None:
             engine = _engines[url] = make_engine(url)
+        return engine
+
+
+def get_read_engine(settings: Settings) -> Engine:
+    """The engine for read-only work; on PostgreSQL simply the main engine."""
+    url = settings.resolved_database_url()
+    if not url.startswith("sqlite"):
+        return get_engine(settings)
+    with _lock:
+        engine = _engines.get("read:" + url)
+        if engine is None:
+            engine = _engines["read:" + url] = make_engine(url, read_only=True)
         return engine
 
 

@@ -16,7 +16,7 @@ from sqlmodel import col
 
 from channels.registry import build_channel
 from core import campaigns, tracking
-from core.db import get_engine, session_scope
+from core.db import get_engine, get_read_engine, session_scope
 from core.dispatch import send_chunk as send_chunk_core
 from core.settings import get_settings
 from core.timeutil import as_utc, utcnow
@@ -35,7 +35,13 @@ def _in_tx(fn: Any, *args: Any, **kwargs: Any) -> Any:
 @task(name="resolve-recipients", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 async def resolve_recipients(campaign_id: str) -> dict[str, int]:
     """Snapshot the list's reachable contacts into message rows (once per campaign)."""
-    campaign = await asyncio.to_thread(_in_tx, campaigns.take_snapshot, campaign_id=campaign_id)
+    settings = get_settings()
+    campaign = await asyncio.to_thread(
+        campaigns.take_snapshot_in_batches,
+        get_engine(settings),
+        get_read_engine(settings),
+        campaign_id=campaign_id,
+    )
     return {"total_recipients": campaign.total_recipients, "skipped": campaign.skipped_count}
 
 

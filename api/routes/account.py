@@ -28,7 +28,7 @@ async def list_sender_ids(request: Request, account_id: AccountId, paging: Pagin
         )
         return page_body([sender_out(s) for s in rows], paging, total)
 
-    return await in_db(request, _list)
+    return await in_db(request, _list, write=False)
 
 
 @router.post("/v1/sender-ids", status_code=201)
@@ -45,7 +45,7 @@ async def create_sender_id(request: Request, account_id: AccountId) -> dict[str,
 @router.get("/v1/credits")
 async def get_credits(request: Request, account_id: AccountId) -> dict[str, Any]:
     """Balance, reserved (held by open campaigns) and available credits."""
-    bal = await in_db(request, lambda s: credits.get_balance(s, account_id))
+    bal = await in_db(request, lambda s: credits.get_balance(s, account_id), write=False)
     return {"balance": bal.balance, "reserved": bal.reserved, "available": bal.available}
 
 
@@ -53,7 +53,7 @@ async def get_credits(request: Request, account_id: AccountId) -> dict[str, Any]
 async def healthz(request: Request) -> Any:
     """200 when the database and the orchestrator answer."""
     try:
-        await in_db(request, lambda s: s.execute(text("SELECT 1")).scalar_one())
+        await in_db(request, lambda s: s.execute(text("SELECT 1")).scalar_one(), write=False)
     except Exception:
         return error_response(503, "unavailable", "database is not reachable")
     if not await state(request).launcher.healthy():

@@ -117,13 +117,13 @@ async def list_campaigns(
         counts = campaigns.message_counts(session, [c.id for c in rows])
         return page_body([campaign_out(c, counts[c.id]) for c in rows], paging, total)
 
-    return await in_db(request, _list)
+    return await in_db(request, _list, write=False)
 
 
 @router.get("/{campaign_id}")
 async def get_campaign(request: Request, account_id: AccountId, campaign_id: str) -> dict[str, Any]:
     """One campaign with its live counts."""
-    return await in_db(request, lambda s: _one(s, account_id, campaign_id))
+    return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
 
 
 @router.post("/{campaign_id}/cancel")
@@ -167,4 +167,4 @@ async def list_messages(
         )
         return page_body([message_out(m) for m in rows], paging, total)
 
-    return await in_db(request, _list)
+    return await in_db(request, _list, write=False)

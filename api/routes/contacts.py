@@ -71,13 +71,13 @@ async def list_contacts(
         lists = contacts.contact_list_ids(session, [c.id for c in rows])
         return page_body([contact_out(c, lists[c.id]) for c in rows], paging, total)
 
-    return await in_db(request, _list)
+    return await in_db(request, _list, write=False)
 
 
 @router.get("/v1/contacts/{contact_id}")
 async def get_contact(request: Request, account_id: AccountId, contact_id: str) -> dict[str, Any]:
     """One contact."""
-    return await in_db(request, lambda s: _contact(s, account_id, contact_id))
+    return await in_db(request, lambda s: _contact(s, account_id, contact_id), write=False)
 
 
 @router.patch("/v1/contacts/{contact_id}")
@@ -118,7 +118,7 @@ async def list_lists(request: Request, account_id: AccountId, paging: Paging) ->
         counts = contacts.list_counts(session, [lst.id for lst in rows])
         return page_body([list_out(lst, counts[lst.id]) for lst in rows], paging, total)
 
-    return await in_db(request, _list)
+    return await in_db(request, _list, write=False)
 
 
 @router.get("/v1/contact-lists/{list_id}")
@@ -129,7 +129,7 @@ async def get_list(request: Request, account_id: AccountId, list_id: str) -> dic
         lst = contacts.get_list(session, account_id=account_id, list_id=list_id)
         return list_out(lst, contacts.list_counts(session, [lst.id])[lst.id])
 
-    return await in_db(request, _get)
+    return await in_db(request, _get, write=False)
 
 
 @router.delete("/v1/contact-lists/{list_id}", status_code=204)

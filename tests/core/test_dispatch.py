@@ -249,3 +249,48 @@ async def test_a_config_error_stops_the_chunk_and_keeps_messages_pending(
             settings=settings, engine=engine, campaign_id=cid, start=0, end=5, channel=FakeChannel(refused)
         )
     assert {m.status for m in _messages(engine, cid)} == {"pending"}
+
+
+def test_batched_snapshot_restarts_a_partial_one(engine: Engine, settings: Settings) -> None:
+    from sqlalchemy import insert
+
+    from core.db import make_engine
+
+    tenant = make_tenant(engine, contacts_n=4)
+    with session_scope(engine) as session:
+        cid = campaigns.create_campaign(
+            session,
+            account_id=tenant.account_id,
+            data=CampaignCreate(
+                name="x", channel="sms", contact_list_id=tenant.list_id, sender_id=tenant.sender, body="hi"
+            ),
+        ).id
+        contact_id = (
+            session.execute(select(Contact.id).where(Contact.account_id == tenant.account_id))
+            .scalars()
+            .first()
+        )
+        # What a run killed mid-snapshot leaves behind: rows, but no snapshot_at.
+        session.execute(
+            insert(Message.__table__),  # type: ignore[attr-defined]
+            [
+                {
+                    "id": "msg_partial",
+                    "campaign_id": cid,
+                    "contact_id": contact_id,
+                    "seq": 0,
+                    "to_address": "+1",
+                    "status": "pending",
+                    "cost": 1,
+                    "attempts": 0,
+                    "updated_at": utcnow(),
+                }
+            ],
+        )
+    reader = make_engine(settings.resolved_database_url(), read_only=True)
+    campaign = campaigns.take_snapshot_in_batches(engine, reader, campaign_id=cid)
+    assert campaign.snapshot_at is not None and campaign.total_recipients == 4
+    rows = _messages(engine, cid)
+    assert [m.seq for m in rows] == [0, 1, 2, 3] and "msg_partial" not in {m.id for m in rows}
+    again = campaigns.take_snapshot_in_batches(engine, reader, campaign_id=cid)  # idempotent
+    assert again.snapshot_at == campaign.snapshot_at and len(_messages(engine, cid)) == 4
