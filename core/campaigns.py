@@ -152,6 +152,36 @@ def list_campaigns(
     return list(rows), int(total)
 
 
+# Up to this many recipients, counts are computed live on every read (exact, and cheap).
+LIVE_COUNT_LIMIT = 50_000
+
+
+def campaign_counts(session: Session, rows: Sequence[Campaign]) -> dict[str, dict[str, int]]:
+    """Messages per status for each campaign: live for small ones, stored for big ones."""
+    live = [c.id for c in rows if c.total_recipients <= LIVE_COUNT_LIMIT or c.status_counts is None]
+    out = message_counts(session, live)
+    for c in rows:
+        if c.id not in out:
+            out[c.id] = dict(c.status_counts or {})
+    return out
+
+
+def store_counts(session: Session, *, campaign_id: str, counts: dict[str, int]) -> None:
+    """Store messages-per-status counted elsewhere (e.g. on a read-only connection)."""
+    session.execute(
+        update(Campaign)
+        .where(col(Campaign.id) == campaign_id)
+        .values(status_counts=counts, counts_at=utcnow())
+    )
+
+
+def refresh_counts(session: Session, *, campaign_id: str) -> dict[str, int]:
+    """Count and store the current messages-per-status of a campaign."""
+    counts = message_counts(session, [campaign_id])[campaign_id]
+    store_counts(session, campaign_id=campaign_id, counts=counts)
+    return counts
+
+
 def message_counts(session: Session, campaign_ids: Sequence[str]) -> dict[str, dict[str, int]]:
     """Messages per status for each campaign, in one grouped query."""
     out: dict[str, dict[str, int]] = {cid: {} for cid in campaign_ids}
@@ -243,6 +273,7 @@ def finalize_stopped(session: Session, *, campaign_id: str, pending_code: str | 
             )
         )
     credits.settle(session, campaign_id=campaign_id)
+    refresh_counts(session, campaign_id=campaign_id)
 
 
 def start_run(session: Session, *, campaign_id: str, flow_run_id: str | None) -> str:
@@ -409,6 +440,7 @@ def complete(session: Session, *, campaign_id: str) -> bool:
     )
     if done:
         credits.settle(session, campaign_id=campaign_id)
+        refresh_counts(session, campaign_id=campaign_id)
     return done
 
 

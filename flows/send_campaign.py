@@ -19,7 +19,7 @@ from prefect.artifacts import (
 from prefect.context import get_run_context
 
 from core import campaigns
-from core.db import get_engine, session_scope
+from core.db import get_engine, get_read_engine, session_scope
 from core.errors import InsufficientCredits
 from core.settings import get_settings
 from core.timeutil import as_utc, utcnow
@@ -37,6 +37,7 @@ from tasks.limits import provider_slot
 
 SCHEDULE_CHECK_S = 5.0
 HEARTBEAT_S = 5.0
+COUNTS_S = 1.0
 
 
 def _tx(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -46,6 +47,15 @@ def _tx(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 async def _db(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(_tx, fn, *args, **kwargs)
+
+
+def _read_tx(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    with session_scope(get_read_engine(get_settings())) as session:
+        return fn(session, *args, **kwargs)
+
+
+async def _read(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(_read_tx, fn, *args, **kwargs)
 
 
 def _flow_run_id() -> str | None:
@@ -71,13 +81,21 @@ async def _wait_for_schedule(campaign_id: str) -> bool:
 
 
 async def _heartbeat(campaign_id: str) -> None:
-    """Tell the reconciler this run is alive (it resumes campaigns whose runs went silent)."""
+    """Tell the reconciler this run is alive (it resumes campaigns whose runs went silent), and
+    keep the stored counts of a big campaign fresh (its GETs read them instead of counting)."""
+    beats = 0
     while True:
         try:
-            await _db(campaigns.beat, campaign_id=campaign_id)
+            if beats % round(HEARTBEAT_S / COUNTS_S) == 0:
+                await _db(campaigns.beat, campaign_id=campaign_id)
+            if (await _read(campaigns.load, campaign_id)).total_recipients > campaigns.LIVE_COUNT_LIMIT:
+                # Count on a reader (no write lock held while counting), store in a short write.
+                counts = (await _read(campaigns.message_counts, [campaign_id]))[campaign_id]
+                await _db(campaigns.store_counts, campaign_id=campaign_id, counts=counts)
         except Exception as exc:  # a missed beat is not worth failing the campaign for
             get_run_logger().warning("heartbeat of %s not written: %s", campaign_id, exc)
-        await asyncio.sleep(HEARTBEAT_S)
+        beats += 1
+        await asyncio.sleep(COUNTS_S)
 
 
 def _summary_rows(campaign_id: str) -> list[dict[str, Any]]:

@@ -121,6 +121,10 @@ class Campaign(SQLModel, table=True):
     credits_used: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     snapshot_at: datetime | None = None
     settled_at: datetime | None = None
+    # Messages per status, stored for big campaigns (counting a million rows per GET is too
+    # slow); refreshed by the running flow every few seconds and whenever the campaign ends.
+    status_counts: dict[str, int] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    counts_at: datetime | None = None
 
 
 class Message(SQLModel, table=True):

@@ -24,7 +24,7 @@ log = logging.getLogger("campaigns.api")
 
 def _one(session: Session, account_id: str, campaign_id: str) -> dict[str, Any]:
     campaign = campaigns.get_campaign(session, account_id=account_id, campaign_id=campaign_id)
-    return campaign_out(campaign, campaigns.message_counts(session, [campaign.id])[campaign.id])
+    return campaign_out(campaign, campaigns.campaign_counts(session, [campaign])[campaign.id])
 
 
 def _enum(value: str | None, enum: Any, name: str) -> str | None:
@@ -114,7 +114,7 @@ async def list_campaigns(
             status=status,
             channel=channel,
         )
-        counts = campaigns.message_counts(session, [c.id for c in rows])
+        counts = campaigns.campaign_counts(session, rows)
         return page_body([campaign_out(c, counts[c.id]) for c in rows], paging, total)
 
     return await in_db(request, _list, write=False)

@@ -351,3 +351,36 @@ def test_launch_failure_keeps_the_campaign_for_the_reconciler(
     r = client.post("/v1/campaigns", json=body(tenant), headers=tenant.headers)
     assert r.status_code == 201
     assert r.json()["flow_run_id"] is None and r.json()["status"] == "draft"
+
+
+def test_big_campaigns_report_stored_counts(client: TestClient, tenant: Tenant, engine: Engine) -> None:
+    from sqlalchemy import update
+
+    from core import campaigns
+    from core.db import session_scope
+
+    cid = client.post("/v1/campaigns", json=body(tenant), headers=tenant.headers).json()["id"]
+    with session_scope(engine) as session:
+        session.execute(
+            update(campaigns.Campaign)
+            .where(campaigns.Campaign.id == cid)
+            .values(
+                total_recipients=campaigns.LIVE_COUNT_LIMIT + 1,
+                status_counts={
+                    "delivered": 40_000,
+                    "undelivered": 5,
+                    "failed": 7,
+                    "sent": 2,
+                    "pending": 9_997,
+                },
+            )
+        )
+    c = client.get(f"/v1/campaigns/{cid}", headers=tenant.headers).json()
+    assert (c["delivered_count"], c["failed_count"], c["sent_count"], c["pending_count"]) == (
+        40_000,
+        12,
+        2,
+        9_997,
+    )
+    listed = client.get("/v1/campaigns", headers=tenant.headers).json()["data"][0]
+    assert listed["delivered_count"] == 40_000

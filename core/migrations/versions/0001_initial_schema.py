@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 21:30:46.688320
+Create Date: 2026-11-29 22:03:21.563601
 """
 from alembic import op
 import sqlalchemy as sa
@@ -88,6 +88,8 @@ def upgrade() -> None:
     sa.Column('credits_used', sa.BigInteger(), nullable=False),
     sa.Column('snapshot_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
     sa.Column('settled_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('status_counts', sa.JSON(), nullable=True),
+    sa.Column('counts_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
