@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -65,8 +66,19 @@ def validate_content(data: CampaignCreate) -> None:
         check_placeholders(data.subject)
 
 
-def create_campaign(session: Session, *, account_id: str, data: CampaignCreate) -> Campaign:
-    """Validate, price and hold credits for a new campaign, all in the caller's transaction."""
+@dataclass(frozen=True)
+class PreparedCampaign:
+    """A validated and priced campaign, not yet stored."""
+
+    account_id: str
+    data: CampaignCreate
+    sender_value: str
+    audience: audience.Audience
+
+
+def prepare_campaign(session: Session, *, account_id: str, data: CampaignCreate) -> PreparedCampaign:
+    """Every check of a create (404 list, 422 sender/content) and the price; reads only, so the
+    API runs it on a read-only connection (pricing a big list streams it)."""
     channel = data.channel.value
     contacts.get_list(session, account_id=account_id, list_id=data.contact_list_id)
     sender = sender_ids.find_for_campaign(session, account_id=account_id, channel=channel, ref=data.sender_id)
@@ -77,37 +89,46 @@ def create_campaign(session: Session, *, account_id: str, data: CampaignCreate) 
             {"field": "sender_id"},
         )
     validate_content(data)
-    audience_now = audience.estimate(
-        session,
-        account_id=account_id,
-        list_id=data.contact_list_id,
-        channel=channel,
-        body=data.body,
+    priced = audience.estimate(
+        session, account_id=account_id, list_id=data.contact_list_id, channel=channel, body=data.body
     )
-    now = utcnow()
+    return PreparedCampaign(account_id, data, sender.value, priced)
+
+
+def insert_campaign(session: Session, prepared: PreparedCampaign) -> Campaign:
+    """Store a prepared campaign and hold its cost atomically (InsufficientCredits: nothing stored)."""
+    data = prepared.data
+    channel = data.channel.value
     campaign = Campaign(
         id=new_id("cmp"),
-        account_id=account_id,
+        account_id=prepared.account_id,
         name=data.name,
         channel=channel,
         contact_list_id=data.contact_list_id,
         sender_id=data.sender_id,
-        sender_value=sender.value,
+        sender_value=prepared.sender_value,
         body=data.body,
         template=data.template.to_cloud_api() if data.template is not None else None,
         subject=(data.subject or data.name) if channel == "email" else data.subject,
         status=CampaignStatus.scheduled if data.scheduled_at else CampaignStatus.draft,
         scheduled_at=as_utc(data.scheduled_at) if data.scheduled_at else None,
-        created_at=now,
-        total_recipients=audience_now.recipients,
-        skipped_count=audience_now.skipped,
+        created_at=utcnow(),
+        total_recipients=prepared.audience.recipients,
+        skipped_count=prepared.audience.skipped,
     )
     session.add(campaign)
     session.flush()
-    credits.hold(session, account_id=account_id, campaign_id=campaign.id, amount=audience_now.cost)
+    credits.hold(
+        session, account_id=prepared.account_id, campaign_id=campaign.id, amount=prepared.audience.cost
+    )
     session.flush()
     session.refresh(campaign)
     return campaign
+
+
+def create_campaign(session: Session, *, account_id: str, data: CampaignCreate) -> Campaign:
+    """Validate, price and hold credits for a new campaign, all in the caller's transaction."""
+    return insert_campaign(session, prepare_campaign(session, account_id=account_id, data=data))
 
 
 def get_campaign(session: Session, *, account_id: str, campaign_id: str) -> Campaign:

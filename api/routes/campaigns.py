@@ -46,12 +46,17 @@ async def create_campaign(
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters")
 
-    def _create(session: Session) -> tuple[int, dict[str, Any], bool]:
-        if idempotency_key:
-            record = idempotency.find(session, account_id=account_id, key=idempotency_key, digest=digest)
-            if record is not None:
-                return record.status_code, record.response, False
-        campaign = campaigns.create_campaign(session, account_id=account_id, data=data)
+    def _replay(session: Session) -> tuple[int, dict[str, Any]] | None:
+        if not idempotency_key:
+            return None
+        record = idempotency.find(session, account_id=account_id, key=idempotency_key, digest=digest)
+        return (record.status_code, record.response) if record is not None else None
+
+    def _insert(session: Session) -> tuple[int, dict[str, Any], bool]:
+        replayed = _replay(session)
+        if replayed is not None:
+            return (*replayed, False)
+        campaign = campaigns.insert_campaign(session, prepared)
         body = campaign_out(campaign, {})
         if idempotency_key:
             idempotency.store(
@@ -64,11 +69,19 @@ async def create_campaign(
             )
         return 201, body, True
 
+    replayed = await in_db(request, _replay, write=False)
+    if replayed is not None:
+        return JSONResponse(status_code=replayed[0], content=replayed[1])
+    # Checks and pricing read only (a big list is streamed without holding the write lock);
+    # the insert and the credit hold are one short write transaction.
+    prepared = await in_db(
+        request, lambda s: campaigns.prepare_campaign(s, account_id=account_id, data=data), write=False
+    )
     try:
-        status_code, body, created = await in_db(request, _create)
+        status_code, body, created = await in_db(request, _insert)
     except IntegrityError:
         # A concurrent request with the same key won the race: replay its response.
-        status_code, body, created = await in_db(request, _create)
+        status_code, body, created = await in_db(request, _insert)
     if created:
         await _launch(request, body, account_id)
     return JSONResponse(status_code=status_code, content=body)
