@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 from sqlmodel import Session
 
 from core.settings import Settings
@@ -39,10 +39,14 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and ":memory:" not in url:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # A pool: opening a SQLite connection (and its PRAGMAs) per request costs more than
+        # most queries here.
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=NullPool if ":memory:" not in url else None,
+            poolclass=QueuePool,
+            pool_size=8,
+            max_overflow=32,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         # Take the write lock at BEGIN so read-then-write transactions never deadlock.

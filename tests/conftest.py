@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from api.app import create_app
-from core.db import make_engine, migrate
+from core.db import dispose_engines, make_engine, migrate
 from core.settings import Settings
 
 
@@ -58,6 +58,7 @@ class RecordingLauncher:
 def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "campaigns.db"
     migrate(Settings(database_url=f"sqlite:///{path}"))
+    dispose_engines()  # closing the pooled connections checkpoints the WAL into the file we copy
     return path
 
 
