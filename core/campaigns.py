@@ -349,7 +349,9 @@ def resume_or_fail(
     """A crashed run: resume the campaign in a new run, or fail it after `max_resumes` tries.
     Returns "resumed", "failed" or "" (nothing to do: already final or another run)."""
     campaign = load(session, campaign_id)
-    if campaign.status not in OPEN_STATUSES or campaign.flow_run_id not in (None, flow_run_id):
+    # Only the run the campaign is attached to counts: another reconciler (or the hook) may have
+    # handled this crash already and detached it.
+    if campaign.status not in OPEN_STATUSES or campaign.flow_run_id != flow_run_id:
         return ""
     if campaign.resume_count < max_resumes and release_for_resume(
         session, campaign_id=campaign_id, flow_run_id=flow_run_id

@@ -294,3 +294,21 @@ def test_batched_snapshot_restarts_a_partial_one(engine: Engine, settings: Setti
     assert [m.seq for m in rows] == [0, 1, 2, 3] and "msg_partial" not in {m.id for m in rows}
     again = campaigns.take_snapshot_in_batches(engine, reader, campaign_id=cid)  # idempotent
     assert again.snapshot_at == campaign.snapshot_at and len(_messages(engine, cid)) == 4
+
+
+def test_a_crash_is_handled_once_even_by_two_reconcilers(engine: Engine) -> None:
+    cid = _started_campaign(engine, n=1)
+    with session_scope(engine) as session:
+        campaigns.record_flow_run(session, campaign_id=cid, flow_run_id="run-1")
+    outcomes = []
+    for _ in range(2):
+        with session_scope(engine) as session:
+            outcomes.append(
+                campaigns.resume_or_fail(
+                    session, campaign_id=cid, flow_run_id="run-1", reason="Crashed", max_resumes=3
+                )
+            )
+    assert outcomes == ["resumed", ""]
+    with session_scope(engine) as session:
+        c = campaigns.load(session, cid)
+        assert (c.status, c.flow_run_id, c.resume_count) == ("processing", None, 1)
