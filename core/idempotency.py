@@ -29,9 +29,7 @@ def find(session: Session, *, account_id: str, key: str, digest: str) -> Idempot
     if record is None:
         return None
     if as_utc(record.created_at) < utcnow() - TTL:
-        session.delete(record)
-        session.flush()
-        return None
+        return None  # expired: store() replaces it (reads stay read-only)
     if record.request_hash != digest:
         raise Conflict("Idempotency-Key was already used with a different request", {"idempotency_key": key})
     return record
