@@ -10,7 +10,7 @@ from api.deps import AppState
 from api.routes import account, campaigns, contacts, webhooks
 from core.db import get_engine, get_read_engine, make_engine
 from core.launcher import Launcher, NullLauncher
-from core.ratelimit import TokenBuckets
+from core.ratelimit import Buckets, DbTokenBuckets, TokenBuckets
 from core.settings import Settings, get_settings
 
 
@@ -25,16 +25,27 @@ def create_app(
         description="Broadcast one message to a contact list over SMS, WhatsApp, "
         "Telegram, email or Slack; every campaign is a Prefect flow run.",
     )
+    engine = engine or get_engine(settings)
+    # Several API processes share PostgreSQL, so the bucket lives there; SQLite is one machine
+    # and one API process (`campaigns serve`), where memory is enough and a write per request
+    # would queue behind the flows' writes.
+    buckets: Buckets = (
+        DbTokenBuckets(engine, settings.api.rate_per_second, settings.api.burst)
+        if engine.dialect.name == "postgresql"
+        else TokenBuckets(settings.api.rate_per_second, settings.api.burst)
+    )
     app.state.campaigns = AppState(
         settings=settings,
-        engine=engine or get_engine(settings),
+        engine=engine,
         read_engine=(
-            make_engine(str(engine.url), read_only=True)
-            if engine is not None and engine.dialect.name == "sqlite"
-            else engine or get_read_engine(settings)
+            make_engine(engine.url.render_as_string(hide_password=False), read_only=True)
+            if engine.dialect.name == "sqlite"
+            else get_read_engine(settings)
+            if engine is get_engine(settings)
+            else engine
         ),
         launcher=launcher or NullLauncher(),
-        buckets=TokenBuckets(settings.api.rate_per_second, settings.api.burst),
+        buckets=buckets,
     )
     errors.install(app)
     app.include_router(campaigns.router)

@@ -17,7 +17,7 @@ from core import accounts
 from core.db import session_scope
 from core.errors import InvalidRequest, RateLimited, Unauthorized
 from core.launcher import Launcher
-from core.ratelimit import TokenBuckets
+from core.ratelimit import Buckets, retry_after_header
 from core.settings import Settings
 
 T = TypeVar("T")
@@ -30,7 +30,7 @@ class AppState:
     engine: Engine
     read_engine: Engine
     launcher: Launcher
-    buckets: TokenBuckets
+    buckets: Buckets
 
 
 def state(request: Request) -> AppState:
@@ -57,14 +57,18 @@ async def current_account_id(request: Request) -> str:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing or malformed Authorization header; use 'Bearer <api_key>'")
-    account = await in_db(request, lambda s: accounts.account_for_key(s, key=key.strip()), write=False)
-    if account is None:
+    buckets = state(request).buckets
+
+    def _authenticate(session: Session) -> tuple[str | None, float]:
+        account = accounts.account_for_key(session, key=key.strip())
+        return (None, 0.0) if account is None else (account.id, buckets.take(account.id))
+
+    account_id, wait = await in_db(request, _authenticate, write=False)
+    if account_id is None:
         raise Unauthorized("unknown API key")
-    app_state = state(request)
-    wait = app_state.buckets.take(account.id)
     if wait > 0:
-        raise RateLimited("too many requests; slow down", retry_after=TokenBuckets.retry_after_header(wait))
-    return account.id
+        raise RateLimited("too many requests; slow down", retry_after=retry_after_header(wait))
+    return account_id
 
 
 AccountId = Annotated[str, Depends(current_account_id)]

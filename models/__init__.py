@@ -12,6 +12,7 @@ from models.tables import (
     IdempotencyRecord,
     ListMembership,
     Message,
+    RateBucket,
     SenderId,
     StatusEvent,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ListMembership",
     "Message",
     "MessageStatus",
+    "RateBucket",
     "SenderId",
     "SenderIdStatus",
     "StatusEvent",

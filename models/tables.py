@@ -182,6 +182,16 @@ class CreditEntry(SQLModel, table=True):
     created_at: datetime
 
 
+class RateBucket(SQLModel, table=True):
+    """The per-account API token bucket when several API processes share one PostgreSQL."""
+
+    __tablename__ = "rate_buckets"
+
+    account_id: str = Field(primary_key=True, max_length=40)
+    tokens: float
+    updated: float  # database clock, epoch seconds
+
+
 class IdempotencyRecord(SQLModel, table=True):
     """A stored response for an Idempotency-Key, replayed for 24 hours."""
 

@@ -384,3 +384,13 @@ def test_big_campaigns_report_stored_counts(client: TestClient, tenant: Tenant, 
     )
     listed = client.get("/v1/campaigns", headers=tenant.headers).json()["data"][0]
     assert listed["delivered_count"] == 40_000
+
+
+def test_rate_limit_is_shared_by_api_processes_on_postgres(settings: Settings, pg_engine: Engine) -> None:
+    limited = settings.model_copy(
+        update={"api": settings.api.model_copy(update={"rate_per_second": 0.2, "burst": 2})}
+    )
+    tenant = make_tenant(pg_engine, name="pg-rate", phone_base=14170000000)
+    apps = [TestClient(create_app(limited, launcher=RecordingLauncher(), engine=pg_engine)) for _ in range(2)]
+    codes = [apps[i % 2].get("/v1/credits", headers=tenant.headers).status_code for i in range(3)]
+    assert codes == [200, 200, 429]  # the second "process" saw the first one's requests
