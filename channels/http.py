@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -16,9 +15,6 @@ import httpx
 from channels.base import TransientSendError
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
-
-# Tests (and embedders) may replace how transports are made; production uses aiohttp.
-TransportFactory = Callable[[], httpx.AsyncBaseTransport]
 
 
 def aiohttp_transport(max_connections: int = 100) -> httpx.AsyncBaseTransport:

@@ -383,6 +383,10 @@ def take_snapshot(session: Session, *, campaign_id: str) -> Campaign:
         channel=campaign.channel,
         body=campaign.body,
     )
+    return _record_snapshot(session, campaign_id, result)
+
+
+def _record_snapshot(session: Session, campaign_id: str, result: audience.Audience) -> Campaign:
     session.execute(
         update(Campaign)
         .where(col(Campaign.id) == campaign_id)
@@ -418,12 +422,7 @@ def take_snapshot_in_batches(engine: Engine, read_engine: Engine, *, campaign_id
             sink=write,
         )
     with session_scope(engine) as session:
-        session.execute(
-            update(Campaign)
-            .where(col(Campaign.id) == campaign_id)
-            .values(snapshot_at=utcnow(), total_recipients=result.recipients, skipped_count=result.skipped)
-        )
-        return load(session, campaign_id)
+        return _record_snapshot(session, campaign_id, result)
 
 
 def adjust_hold(session: Session, *, campaign_id: str) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import QueuePool
@@ -16,6 +17,7 @@ from core.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
+T = TypeVar("T")
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
@@ -28,6 +30,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # Transactions are begun explicitly (see the "begin" listener), not by pysqlite.
+    dbapi_connection.isolation_level = None
 
 
 def make_engine(url: str, *, read_only: bool = False) -> Engine:
@@ -52,15 +56,8 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         # Take the write lock at BEGIN so read-then-write transactions never deadlock.
         begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
-        _disable_pysqlite_autobegin(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-
-
-def _disable_pysqlite_autobegin(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
 
 
 def get_engine(settings: Settings) -> Engine:
@@ -105,6 +102,17 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def run_in_session(engine: Engine, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`fn(session, *args, **kwargs)` in one transaction."""
+    with session_scope(engine) as session:
+        return fn(session, *args, **kwargs)
+
+
+async def in_session(engine: Engine, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """run_in_session on a worker thread, so an event loop keeps serving while the DB works."""
+    return await asyncio.to_thread(run_in_session, engine, fn, *args, **kwargs)
 
 
 def alembic_config(url: str) -> Any:

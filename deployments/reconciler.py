@@ -17,10 +17,11 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from core import campaigns
-from core.db import get_engine, session_scope
+from core.db import get_engine, run_in_session
 from core.launcher import Launcher
 from core.settings import Settings
 from core.timeutil import as_utc, utcnow
+from flows.hooks import stopped_by_shutdown
 from models import Campaign, CampaignStatus
 
 log = logging.getLogger("campaigns.reconciler")
@@ -78,8 +79,7 @@ async def reconcile_once(settings: Settings, launcher: Launcher) -> ReconcileRep
     report = ReconcileReport()
 
     def _tx(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        with session_scope(engine) as session:
-            return fn(session, *args, **kwargs)
+        return run_in_session(engine, fn, *args, **kwargs)
 
     rows: list[Campaign] = await asyncio.to_thread(_tx, _open_campaigns)
     now = utcnow()
@@ -163,7 +163,7 @@ async def _apply(
         if await asyncio.to_thread(_tx, campaigns.fail, campaign_id=campaign.id, reason=reason):
             report.failed.append(campaign.id)
     elif kind == "CANCELLED" and open_:
-        if "shutting down" in str(state.message or "").lower():
+        if stopped_by_shutdown(state):
             # A worker stopped cleanly: another run picks the campaign up where it stopped.
             if await asyncio.to_thread(
                 _tx, campaigns.release_for_resume, campaign_id=campaign.id, flow_run_id=run_id

@@ -21,6 +21,12 @@ from models import CampaignStatus
 log = logging.getLogger("campaigns.hooks")
 
 
+def stopped_by_shutdown(state: Any) -> bool:
+    """A run cancelled by its worker shutting down (the Runner's "Runner is shutting down."),
+    not by an operator: its campaign is resumed, not cancelled."""
+    return "shutting down" in str(state.message or "").lower()
+
+
 def _campaign_id(flow_run: Any) -> str | None:
     value = (flow_run.parameters or {}).get("campaign_id")
     return str(value) if value else None
@@ -58,7 +64,7 @@ def mark_cancelled(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -
         return
     with session_scope(get_engine(get_settings())) as session:
         status = campaigns.status_of(session, campaign_id)
-        if "shutting down" in str(state.message or "").lower() and status in campaigns.OPEN_STATUSES:
+        if stopped_by_shutdown(state) and status in campaigns.OPEN_STATUSES:
             campaigns.release_for_resume(session, campaign_id=campaign_id, flow_run_id=str(flow_run.id))
             log.info("campaign %s handed back for resumption after a worker shutdown", campaign_id)
             return

@@ -11,7 +11,6 @@ from core.timeutil import as_utc
 
 log = logging.getLogger("campaigns.launcher")
 SEND_DEPLOYMENT = "send-campaign/default"
-LAUNCH_DEPLOYMENT = "launch-campaign/default"
 CANCEL_MESSAGE = "cancelled through the campaigns API"
 
 

@@ -19,7 +19,7 @@ from prefect.artifacts import (
 from prefect.context import get_run_context
 
 from core import campaigns
-from core.db import get_engine, get_read_engine, session_scope
+from core.db import get_engine, get_read_engine, in_session, run_in_session
 from core.errors import InsufficientCredits
 from core.settings import get_settings
 from core.timeutil import as_utc, utcnow
@@ -40,22 +40,12 @@ HEARTBEAT_S = 5.0
 COUNTS_S = 1.0
 
 
-def _tx(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    with session_scope(get_engine(get_settings())) as session:
-        return fn(session, *args, **kwargs)
-
-
 async def _db(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    return await asyncio.to_thread(_tx, fn, *args, **kwargs)
-
-
-def _read_tx(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    with session_scope(get_read_engine(get_settings())) as session:
-        return fn(session, *args, **kwargs)
+    return await in_session(get_engine(get_settings()), fn, *args, **kwargs)
 
 
 async def _read(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    return await asyncio.to_thread(_read_tx, fn, *args, **kwargs)
+    return await in_session(get_read_engine(get_settings()), fn, *args, **kwargs)
 
 
 def _flow_run_id() -> str | None:
@@ -111,7 +101,7 @@ def _summary_rows(campaign_id: str) -> list[dict[str, Any]]:
             {"metric": "credits_used", "value": campaign.credits_used},
         ]
 
-    return list(_tx(_rows))
+    return list(run_in_session(get_engine(get_settings()), _rows))
 
 
 @flow(

@@ -16,7 +16,7 @@ from sqlmodel import col
 
 from channels.registry import build_channel
 from core import campaigns, tracking
-from core.db import get_engine, get_read_engine, session_scope
+from core.db import get_engine, get_read_engine, run_in_session
 from core.dispatch import send_chunk as send_chunk_core
 from core.settings import get_settings
 from core.timeutil import as_utc, utcnow
@@ -28,8 +28,7 @@ def _engine():  # type: ignore[no-untyped-def]
 
 
 def _in_tx(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    with session_scope(_engine()) as session:
-        return fn(session, *args, **kwargs)
+    return run_in_session(_engine(), fn, *args, **kwargs)
 
 
 @task(name="resolve-recipients", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
