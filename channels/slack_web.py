@@ -22,7 +22,6 @@ from channels.http import (
     HttpAdapter,
     json_or_empty,
     raise_for_transient_status,
-    request,
     retry_after_seconds,
 )
 from core.settings import SlackWebSettings
@@ -73,8 +72,8 @@ class SlackChannel(HttpAdapter):
 
     async def send(self, message: OutboundMessage) -> SendResult:
         """chat.postMessage; ok → delivered."""
-        response = await request(
-            self.http, "POST", "/chat.postMessage", json={"channel": message.to, "text": message.body or ""}
+        response = await self.call(
+            "POST", "/chat.postMessage", json={"channel": message.to, "text": message.body or ""}
         )
         body = json_or_empty(response)
         if response.status_code == 200 and body.get("ok"):

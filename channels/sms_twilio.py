@@ -23,7 +23,6 @@ from channels.http import (
     HttpAdapter,
     json_or_empty,
     raise_for_transient_status,
-    request,
     retry_after_seconds,
 )
 from core.settings import TwilioSettings
@@ -88,7 +87,7 @@ class TwilioChannel(HttpAdapter):
         form = {"To": message.to, "From": message.sender, "Body": message.body or ""}
         if self.public_url:
             form["StatusCallback"] = f"{self.public_url.rstrip('/')}/v1/webhooks/twilio/status"
-        response = await request(self.http, "POST", f"{self.path}.json", data=form)
+        response = await self.call("POST", f"{self.path}.json", data=form)
         if response.status_code in (200, 201):
             body = json_or_empty(response)
             sid = body.get("sid")
@@ -121,7 +120,7 @@ class TwilioChannel(HttpAdapter):
     async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
         """GET the message; a final status (or None while Twilio still works on it)."""
         try:
-            response = await request(self.http, "GET", f"{self.path}/{provider_message_id}.json")
+            response = await self.call("GET", f"{self.path}/{provider_message_id}.json")
         except TransientSendError:
             return None
         if response.status_code != 200:

@@ -19,7 +19,7 @@ from channels.base import (
     StatusUpdate,
     TransientSendError,
 )
-from channels.http import HttpAdapter, json_or_empty, raise_for_transient_status, request
+from channels.http import HttpAdapter, json_or_empty, raise_for_transient_status
 from core.settings import TelegramBotSettings
 
 
@@ -64,8 +64,7 @@ class TelegramChannel(HttpAdapter):
         """sendMessage; ok → delivered (platform level)."""
         token = self.settings.token.get_secret_value()
         chat_id: int | str = int(message.to) if message.to.lstrip("-").isdigit() else message.to
-        response = await request(
-            self.http,
+        response = await self.call(
             "POST",
             f"/bot{token}/sendMessage",
             json={"chat_id": chat_id, "text": message.body or ""},

@@ -24,7 +24,6 @@ from channels.http import (
     HttpAdapter,
     json_or_empty,
     raise_for_transient_status,
-    request,
     retry_after_seconds,
 )
 from core.settings import WhatsAppCloudSettings
@@ -99,7 +98,7 @@ class WhatsAppCloudChannel(HttpAdapter):
 
     async def send(self, message: OutboundMessage) -> SendResult:
         """POST /{phone_number_id}/messages; 200 → accepted (`sent`), receipts by webhook."""
-        response = await request(self.http, "POST", f"/{message.sender}/messages", json=self.payload(message))
+        response = await self.call("POST", f"/{message.sender}/messages", json=self.payload(message))
         body = json_or_empty(response)
         if response.status_code == 200 and body.get("messages"):
             return SendResult(provider_message_id=str(body["messages"][0]["id"]), status="sent")
