@@ -111,6 +111,14 @@ def main() -> int:
     parser.add_argument("--provider", choices=["sandbox", "twilio"], default="sandbox")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--no-global-limits", action="store_true", help="CAMPAIGNS_GLOBAL_LIMITS=false")
+    parser.add_argument(
+        "--distribute",
+        action="store_true",
+        help="CAMPAIGNS_DISTRIBUTE_CHUNKS=true: chunks as flow runs, each in its own process",
+    )
+    parser.add_argument("--chunk-run-size", type=int, default=None, help="CAMPAIGNS_CHUNK_RUN_SIZE")
+    parser.add_argument("--chunk-concurrency", type=int, default=2, help="CAMPAIGNS_CHUNK_CONCURRENCY")
+    parser.add_argument("--database-url", default=None, help="CAMPAIGNS_DATABASE_URL (default: SQLite)")
     args = parser.parse_args()
 
     data = Path(tempfile.mkdtemp(prefix="campaigns-bench-"))
@@ -125,7 +133,13 @@ def main() -> int:
         CAMPAIGNS_API__RATE_PER_SECOND="1000",
         CAMPAIGNS_API__BURST="1000",
         CAMPAIGNS_GLOBAL_LIMITS="false" if args.no_global_limits else "true",
+        CAMPAIGNS_DISTRIBUTE_CHUNKS="true" if args.distribute else "false",
+        CAMPAIGNS_CHUNK_CONCURRENCY=str(args.chunk_concurrency),
     )
+    if args.chunk_run_size:
+        env["CAMPAIGNS_CHUNK_RUN_SIZE"] = str(args.chunk_run_size)
+    if args.database_url:
+        env["CAMPAIGNS_DATABASE_URL"] = args.database_url
     fake = None
     if args.provider == "twilio":
         fake_port = free_port()
@@ -143,7 +157,7 @@ def main() -> int:
                 "CAMPAIGNS_SMS__CONCURRENCY": str(args.concurrency),
             }
         )
-    settings = Settings(data_dir=data)
+    settings = Settings(data_dir=data, database_url=args.database_url)
     migrate(settings)
     tenant = bulk_tenant(make_engine(settings.resolved_database_url()), args.recipients, sender="BENCH")
     api_key, list_id = tenant.api_key, tenant.list_id
@@ -199,6 +213,7 @@ def main() -> int:
             f"end to end (create → completed): {t_done - t_create:.1f} s "
             f"= {total / (t_done - t_create):,.0f} messages/s"
         )
+        print(f"chunks:                   {'flow runs (distributed)' if args.distribute else 'task runs'}")
         print(f"flow-run process peak RSS: {rss.peak_kb / 1024:.0f} MB")
         print(
             f"GET /v1/campaigns/{{id}} while running: p50 {latency.percentile(50):.1f} ms, "

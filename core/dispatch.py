@@ -126,8 +126,13 @@ class ChunkSender:
         start: int,
         end: int,
         channel: Channel | None = None,
+        share: float = 1.0,
     ) -> None:
         self.settings = settings
+        # This sender's part of the sender's rate and concurrency when several processes send
+        # one campaign at once (1/number of chunk runs in flight), so together they keep the
+        # provider's limits.
+        self.share = min(1.0, max(share, 1e-6))
         self.engine = engine
         self.campaign_id = campaign_id
         self.start = start
@@ -382,15 +387,13 @@ class ChunkSender:
         self.report.recovered_unknown = await asyncio.to_thread(self._recover_stale)
         channel = self.channel or build_channel(view.channel, self.settings)
         config = self.settings.channel(view.channel)
-        pacer = pacer_for(
-            view.channel,
-            view.sender,
-            config.rate_per_second if config.rate_per_second is not None else channel.default_rate_per_second,
-            config.concurrency or channel.default_concurrency,
+        rate = (
+            config.rate_per_second if config.rate_per_second is not None else channel.default_rate_per_second
         )
+        concurrency = max(1, round((config.concurrency or channel.default_concurrency) * self.share))
+        pacer = pacer_for(view.channel, view.sender, rate * self.share if rate else rate, concurrency)
         # Claim little more than can be in flight: what is claimed but unsent when a worker is
         # killed can only be failed as outcome_unknown.
-        concurrency = config.concurrency or channel.default_concurrency
         claim_batch = min(CLAIM_BATCH, max(32, 2 * concurrency))
         in_flight: set[asyncio.Task[None]] = set()
         failure: list[BaseException] = []  # a send that raised something other than a send error
@@ -445,9 +448,16 @@ async def send_chunk(
     start: int,
     end: int,
     channel: Channel | None = None,
+    share: float = 1.0,
 ) -> ChunkReport:
     """Send the pending messages with seq in [start, end) of a campaign."""
     sender = ChunkSender(
-        settings=settings, engine=engine, campaign_id=campaign_id, start=start, end=end, channel=channel
+        settings=settings,
+        engine=engine,
+        campaign_id=campaign_id,
+        start=start,
+        end=end,
+        channel=channel,
+        share=share,
     )
     return await sender.run()

@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     public_url: str | None = None
     chunk_size: int = Field(default=1000, ge=1, le=100_000)
     chunk_concurrency: int = Field(default=2, ge=1, le=64)
+    # Run chunks as flow runs of the deployment `send-campaign-chunk/default`, which any worker
+    # polling the Prefect server picks up: several workers (and both cores of one machine) share
+    # one campaign, each chunk in its own process. Off: chunks are task runs inside the
+    # campaign's own flow process (no process start per chunk; best for small campaigns).
+    distribute_chunks: bool = False
+    # Messages per chunk flow run when distributing (each run costs a process start, ~2-4 s).
+    chunk_run_size: int = Field(default=20_000, ge=1, le=1_000_000)
+    # A chunk flow run that crashes (its worker died) is run again, this many times in all.
+    chunk_run_attempts: int = Field(default=5, ge=1, le=100)
     prefect_port: int = 4200
     reconcile_interval_s: float = 10.0
     runner_limit: int = 8

@@ -1,4 +1,4 @@
-"""`campaigns worker`: serve both deployments with a Prefect Runner, plus the reconciler."""
+"""`campaigns worker`: serve the deployments with a Prefect Runner, plus the reconciler."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ log = logging.getLogger("campaigns.worker")
 
 
 async def build_deployments() -> list[object]:
-    """The two deployments, entrypoints by module path so any installed copy can run them."""
+    """The deployments, entrypoints by module path so any installed copy can run them."""
     from prefect.types.entrypoint import EntrypointType
 
     from flows.launch_campaign import launch_campaign
     from flows.send_campaign import send_campaign
+    from flows.send_chunk import send_campaign_chunk
 
     return [
         await send_campaign.ato_deployment(
@@ -34,6 +35,13 @@ async def build_deployments() -> list[object]:
             description="Create a campaign from the run form (same fields as POST /v1/campaigns "
             "plus account_id) and run it; schedule this deployment for a "
             "recurring campaign.",
+            tags=["campaigns"],
+        ),
+        await send_campaign_chunk.ato_deployment(
+            name="default",
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            description="Send one seq range of a campaign; started by send-campaign when "
+            "CAMPAIGNS_DISTRIBUTE_CHUNKS is on, and taken by any worker.",
             tags=["campaigns"],
         ),
     ]
@@ -98,11 +106,17 @@ async def run_worker(settings: Settings) -> None:
         await ensure_zombie_automation(settings.heartbeat_s)
     except Exception:
         log.exception("could not create the zombie-run automation; crashed runs rely on hooks")
+    from flows.send_chunk import WORKER_ENV
+
+    name = f"campaigns-{socket.gethostname()}-{os.getpid()}"
+    os.environ[WORKER_ENV] = name  # inherited by the flow-run processes (chunk runs tag it)
     runner = Runner(
-        name=f"campaigns-{socket.gethostname()}-{os.getpid()}",
+        name=name,
         limit=settings.runner_limit,
         pause_on_shutdown=False,
         heartbeat_seconds=settings.heartbeat_s,
+        # "Send now" latency and the pick-up of chunk runs (Prefect's default polls every 10 s).
+        query_seconds=float(os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY", "2")),
     )
     for deployment in await build_deployments():
         await runner.aadd_deployment(deployment)  # type: ignore[arg-type]

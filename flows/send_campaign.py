@@ -24,6 +24,7 @@ from core.errors import InsufficientCredits
 from core.settings import get_settings
 from core.timeutil import as_utc, utcnow
 from flows.hooks import mark_cancelled, mark_failed
+from flows.send_chunk import run_chunks_as_flow_runs
 from models import CampaignStatus
 from tasks.campaign_tasks import (
     await_final_statuses,
@@ -147,7 +148,8 @@ async def _send_campaign(campaign_id: str) -> dict[str, Any]:
         raise
 
     campaign = await _db(campaigns.load, campaign_id)
-    chunks = await plan_chunks(campaign_id)
+    distributed = settings.distribute_chunks
+    chunks = await plan_chunks(campaign_id, settings.chunk_run_size if distributed else None)
     progress = await acreate_progress_artifact(
         progress=0.0,
         key=f"progress-{campaign_id.replace('_', '-')}",
@@ -157,20 +159,27 @@ async def _send_campaign(campaign_id: str) -> dict[str, Any]:
     done = 0
     stopped = False
 
+    async def chunk_done() -> None:
+        nonlocal done
+        done += 1
+        await aupdate_progress_artifact(progress, 100.0 * done / max(len(chunks), 1))
+
     async def run_chunk(number: int, start: int, end: int) -> None:
-        nonlocal done, stopped
+        nonlocal stopped
         async with semaphore:
             if stopped:
                 return
             report = await send_chunk(campaign_id, campaign.channel, number, start, end)
         stopped = stopped or bool(report["stopped"])
-        done += 1
-        await aupdate_progress_artifact(progress, 100.0 * done / max(len(chunks), 1))
+        await chunk_done()
 
     # One global slot per (channel, sender) for the whole sending phase keeps campaigns on other
     # workers that share this sender from sending at the same time (one acquisition per run).
     async with provider_slot(settings, campaign.channel, campaign.sender_value):
-        await asyncio.gather(*(run_chunk(i, s, e) for i, (s, e) in enumerate(chunks)))
+        if distributed:  # chunk flow runs, taken by any worker (several workers, several cores)
+            await run_chunks_as_flow_runs(settings, campaign_id, campaign.channel, chunks, chunk_done)
+        else:  # chunk task runs inside this process
+            await asyncio.gather(*(run_chunk(i, s, e) for i, (s, e) in enumerate(chunks)))
 
     if stopped or campaigns.is_final(await _db(campaigns.status_of, campaign_id)):
         final = await _db(campaigns.status_of, campaign_id)

@@ -74,10 +74,24 @@ def _plan(session: Any, campaign_id: str, chunk_size: int) -> list[tuple[int, in
 
 
 @task(name="plan-chunks", cache_policy=NO_CACHE)
-async def plan_chunks(campaign_id: str) -> list[tuple[int, int]]:
+async def plan_chunks(campaign_id: str, chunk_size: int | None = None) -> list[tuple[int, int]]:
     """Seq ranges of the chunks that still have unsent messages (a re-run skips done chunks)."""
-    size = get_settings().chunk_size
+    size = chunk_size or get_settings().chunk_size
     return list(await asyncio.to_thread(_in_tx, _plan, campaign_id, size))
+
+
+def unsent_in_range(session: Any, campaign_id: str, start: int, end: int) -> int:
+    """Messages of a seq range not yet handed to the provider (pending or claimed)."""
+    return int(
+        session.execute(
+            select(func.count()).where(
+                col(Message.campaign_id) == campaign_id,
+                col(Message.seq) >= start,
+                col(Message.seq) < end,
+                col(Message.status).in_([MessageStatus.pending, MessageStatus.sending]),
+            )
+        ).scalar_one()
+    )
 
 
 def _chunk_retry_condition(_task: Any, _run: Any, state: Any) -> bool:
@@ -96,11 +110,18 @@ def _chunk_retry_condition(_task: Any, _run: Any, state: Any) -> bool:
     retry_condition_fn=_chunk_retry_condition,
     task_run_name="send-{channel}-chunk-{chunk_no}",
 )
-async def send_chunk(campaign_id: str, channel: str, chunk_no: int, start: int, end: int) -> dict[str, Any]:
+async def send_chunk(
+    campaign_id: str, channel: str, chunk_no: int, start: int, end: int, share: float = 1.0
+) -> dict[str, Any]:
     """Send one chunk's pending messages concurrently; returns the chunk's counts."""
     settings = get_settings()
     report = await send_chunk_core(
-        settings=settings, engine=get_engine(settings), campaign_id=campaign_id, start=start, end=end
+        settings=settings,
+        engine=get_engine(settings),
+        campaign_id=campaign_id,
+        start=start,
+        end=end,
+        share=share,
     )
     return dataclasses.asdict(report)
 

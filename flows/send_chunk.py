@@ -1,0 +1,164 @@
+"""Chunks as flow runs: how several workers share one campaign.
+
+With CAMPAIGNS_DISTRIBUTE_CHUNKS=true the campaign's flow run does not send itself. It creates
+one flow run of the deployment `send-campaign-chunk/default` per seq range (a sub-flow run in
+the UI) and waits for them; every `campaigns worker` polling the Prefect server serves that
+deployment, so Prefect hands the chunk runs to whichever workers have room (its
+Scheduled→Pending rule lets exactly one worker take a run), each in its own process.
+
+A chunk run whose worker dies is marked Crashed by the zombie automation (its heartbeats stop);
+the campaign's run then starts the same range again as a new attempt, which any live worker
+takes. The message ledger keeps that at most once: the new attempt claims only `pending` rows,
+and rows the dead one had claimed end `outcome_unknown`. Attempts have idempotency keys
+`<campaign>:<start>-<end>:<n>`, so a resumed campaign run finds the chunk runs its predecessor
+started (still running on another worker, or done) instead of starting them twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prefect import flow, get_client, get_run_logger
+from prefect.client.schemas.objects import FlowRun
+from prefect.context import get_run_context
+from prefect.deployments.flow_runs import arun_deployment
+
+from core import campaigns
+from core.db import get_read_engine, in_session
+from core.settings import Settings
+from tasks.campaign_tasks import send_chunk, unsent_in_range
+
+CHUNK_FLOW = "send-campaign-chunk"
+CHUNK_DEPLOYMENT = f"{CHUNK_FLOW}/default"
+WORKER_ENV = "CAMPAIGNS_WORKER_NAME"
+POLL_S = 1.0
+# A chunk run that no worker has started (Scheduled/Pending) for this long is stuck: it may have
+# been taken by a worker that died before starting it. It is crashed and started again.
+START_TIMEOUT_S = 300.0
+
+
+class ChunkRunFailed(RuntimeError):
+    """A chunk run failed (not crashed): the campaign fails with its reason."""
+
+
+@flow(name=CHUNK_FLOW, flow_run_name="{campaign_id}-{start}-{end}", log_prints=True, persist_result=False)
+async def send_campaign_chunk(
+    campaign_id: str, channel: str, start: int, end: int, share: float = 1.0
+) -> dict[str, Any]:
+    """Send the pending messages with seq in [start, end) of one campaign (one chunk run)."""
+    worker = os.environ.get(WORKER_ENV)
+    if worker:
+        await _tag_self(f"worker:{worker}")
+        get_run_logger().info("chunk %s-%s of %s on worker %s", start, end, campaign_id, worker)
+    report = await send_chunk(campaign_id, channel, start // max(end - start, 1), start, end, share)
+    return {**report, "worker": worker}
+
+
+async def _tag_self(tag: str) -> None:
+    """Record which worker ran this chunk (visible in the UI and to `campaigns` tooling)."""
+    try:
+        run = get_run_context().flow_run  # type: ignore[union-attr]
+        assert run is not None
+        async with get_client() as client:
+            await client.update_flow_run(run.id, tags=sorted({*run.tags, tag}))
+    except Exception as exc:  # a missing tag is not worth failing the chunk for
+        get_run_logger().warning("could not tag the chunk run: %s", exc)
+
+
+async def _unsent(settings: Settings, campaign_id: str, start: int, end: int) -> int:
+    return int(await in_session(get_read_engine(settings), unsent_in_range, campaign_id, start, end))
+
+
+async def _campaign_open(settings: Settings, campaign_id: str) -> bool:
+    status = await in_session(get_read_engine(settings), campaigns.status_of, campaign_id)
+    return not campaigns.is_final(status)
+
+
+async def _wait_final(run_id: Any) -> FlowRun:
+    """Poll the chunk run until its state is final; crash it if no worker ever starts it."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    waited = 0.0
+    async with get_client() as client:
+        while True:
+            run = await client.read_flow_run(run_id)
+            state = run.state
+            if state is not None and state.is_final():
+                return run
+            if state is not None and state.type in (StateType.SCHEDULED, StateType.PENDING):
+                waited += POLL_S
+                if waited > START_TIMEOUT_S and state.type == StateType.PENDING:
+                    await client.set_flow_run_state(
+                        run_id, Crashed(message="no worker started this chunk run"), force=True
+                    )
+            else:
+                waited = 0.0
+            await asyncio.sleep(POLL_S)
+
+
+async def run_chunk_until_done(
+    settings: Settings, campaign_id: str, channel: str, start: int, end: int, share: float
+) -> None:
+    """Run one range as chunk flow runs until none of it is unsent, the campaign ends, or the
+    attempts run out (then the campaign fails)."""
+    logger = get_run_logger()
+    for attempt in range(1, settings.chunk_run_attempts + 1):
+        run = await arun_deployment(
+            CHUNK_DEPLOYMENT,
+            parameters={
+                "campaign_id": campaign_id,
+                "channel": channel,
+                "start": start,
+                "end": end,
+                "share": share,
+            },
+            timeout=0,
+            idempotency_key=f"{campaign_id}:{start}-{end}:{attempt}",
+            tags=["campaigns", f"campaign:{campaign_id}"],
+        )
+        finished = await _wait_final(run.id)
+        state = finished.state
+        assert state is not None
+        if not await _campaign_open(settings, campaign_id):
+            return
+        if state.is_completed() and await _unsent(settings, campaign_id, start, end) == 0:
+            return
+        if state.is_failed():
+            raise ChunkRunFailed(f"chunk {start}-{end} failed: {state.message}")
+        logger.warning(
+            "chunk %s-%s of %s ended %s (%s), attempt %s of %s",
+            start,
+            end,
+            campaign_id,
+            state.name,
+            state.message,
+            attempt,
+            settings.chunk_run_attempts,
+        )
+    raise ChunkRunFailed(
+        f"chunk {start}-{end} still has unsent messages after {settings.chunk_run_attempts} chunk runs"
+    )
+
+
+async def run_chunks_as_flow_runs(
+    settings: Settings,
+    campaign_id: str,
+    channel: str,
+    chunks: list[tuple[int, int]],
+    on_done: Callable[[], Awaitable[None]],
+) -> None:
+    """Run every range as chunk flow runs, `chunk_concurrency` at a time, each sending at
+    1/`chunk_concurrency` of the sender's rate (together: the sender's rate)."""
+    in_flight = max(1, min(settings.chunk_concurrency, len(chunks)))
+    semaphore = asyncio.Semaphore(in_flight)
+
+    async def one(start: int, end: int) -> None:
+        async with semaphore:
+            await run_chunk_until_done(settings, campaign_id, channel, start, end, 1.0 / in_flight)
+        await on_done()
+
+    await asyncio.gather(*(one(s, e) for s, e in chunks))
