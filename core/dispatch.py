@@ -14,6 +14,7 @@ import logging
 import random
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -362,8 +363,6 @@ class ChunkSender:
                 error_code=exc.code or "retry_window_exceeded",
                 error_message=f"gave up after the retry window: {exc.message}"[:1000],
             )
-        finally:
-            pacer.semaphore.release()
         self._count(outcome)
         self._buffer.append(outcome)
 
@@ -395,43 +394,67 @@ class ChunkSender:
         # Claim little more than can be in flight: what is claimed but unsent when a worker is
         # killed can only be failed as outcome_unknown.
         claim_batch = min(CLAIM_BATCH, max(32, 2 * concurrency))
-        in_flight: set[asyncio.Task[None]] = set()
+        queue: deque[dict[str, Any]] = deque()
+        claiming: asyncio.Task[None] | None = None
+        exhausted = False
         failure: list[BaseException] = []  # a send that raised something other than a send error
 
-        def finished(task: asyncio.Task[None]) -> None:
-            in_flight.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                failure.append(task.exception())  # type: ignore[arg-type]
+        async def refill() -> None:
+            nonlocal exhausted
+            rows = await asyncio.to_thread(self._claim, claim_batch)
+            if rows is None:  # cancelled or no longer sending: what is claimed goes back unsent
+                self.report.stopped = exhausted = True
+                queue.clear()
+            elif not rows:
+                exhausted = True
+            else:
+                self.report.claimed += len(rows)
+                self._unsent.update(row["id"] for row in rows)
+                queue.extend(rows)
+
+        async def next_row() -> dict[str, Any] | None:
+            # One claim at a time, started before the queue runs dry so sends never wait on it.
+            nonlocal claiming
+            while not failure:
+                if claiming is not None and claiming.done():
+                    finished, claiming = claiming, None
+                    finished.result()  # a claim that failed (database error) fails the chunk
+                if len(queue) < claim_batch // 2 and not exhausted and claiming is None:
+                    claiming = asyncio.create_task(refill())
+                if queue:
+                    return queue.popleft()
+                if claiming is None:
+                    return None  # exhausted and drained
+                await asyncio.wait({claiming})
+            return None
+
+        async def sender() -> None:
+            # A fixed pool of senders (not a task per message): the concurrency cap per chunk;
+            # the pacer's semaphore caps chunks of one sender sharing this process.
+            try:
+                while (row := await next_row()) is not None:
+                    async with pacer.semaphore:
+                        await self._send_one(channel, pacer, view, row)
+                    if len(self._buffer) >= FLUSH_EVERY:
+                        await self._flush()
+            except BaseException as exc:  # config error or bug: stop every sender, hand back the rest
+                failure.append(exc)
+                raise
 
         flusher = asyncio.create_task(self._flush_periodically())
         await channel.open()
+        senders: list[asyncio.Task[None]] = []
         try:
-            while not failure:
-                rows = await asyncio.to_thread(self._claim, claim_batch)
-                if rows is None:
-                    self.report.stopped = True
-                    break
-                if not rows:
-                    break
-                self.report.claimed += len(rows)
-                self._unsent.update(row["id"] for row in rows)
-                for row in rows:
-                    await pacer.semaphore.acquire()
-                    if failure:  # stop at the first config error or bug; the rest stays unsent
-                        pacer.semaphore.release()
-                        break
-                    task = asyncio.create_task(self._send_one(channel, pacer, view, row))
-                    in_flight.add(task)
-                    task.add_done_callback(finished)
-                    if len(self._buffer) >= FLUSH_EVERY:
-                        await self._flush()
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
+            senders = [asyncio.create_task(sender()) for _ in range(concurrency)]
+            await asyncio.gather(*senders, return_exceptions=True)
             if failure:
                 raise failure[0]
         finally:
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
+            for task in senders:
+                task.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
+            if claiming is not None:
+                await asyncio.gather(claiming, return_exceptions=True)
             flusher.cancel()
             await self._flush()  # recorded outcomes first, then hand back what never went out
             if self._unsent:  # stopped early (cancelled, shutting down, config error)

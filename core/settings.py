@@ -94,8 +94,9 @@ class Settings(BaseSettings):
     # one campaign, each chunk in its own process. Off: chunks are task runs inside the
     # campaign's own flow process (no process start per chunk; best for small campaigns).
     distribute_chunks: bool = False
-    # Messages per chunk flow run when distributing (each run costs a process start, ~2-4 s).
-    chunk_run_size: int = Field(default=20_000, ge=1, le=1_000_000)
+    # At most this many messages per chunk flow run when distributing (each run costs a
+    # process start, ~3-5 s); runs are sized equally, in multiples of chunk_concurrency.
+    chunk_run_size: int = Field(default=50_000, ge=1, le=1_000_000)
     # A chunk flow run that crashes (its worker died) is run again, this many times in all.
     chunk_run_attempts: int = Field(default=5, ge=1, le=100)
     prefect_port: int = 4200

@@ -24,7 +24,7 @@ from core.errors import InsufficientCredits
 from core.settings import get_settings
 from core.timeutil import as_utc, utcnow
 from flows.hooks import mark_cancelled, mark_failed
-from flows.send_chunk import run_chunks_as_flow_runs
+from flows.send_chunk import chunk_run_size, run_chunks_as_flow_runs
 from models import CampaignStatus
 from tasks.campaign_tasks import (
     await_final_statuses,
@@ -149,7 +149,9 @@ async def _send_campaign(campaign_id: str) -> dict[str, Any]:
 
     campaign = await _db(campaigns.load, campaign_id)
     distributed = settings.distribute_chunks
-    chunks = await plan_chunks(campaign_id, settings.chunk_run_size if distributed else None)
+    chunks = await plan_chunks(
+        campaign_id, chunk_run_size(settings, campaign.total_recipients) if distributed else None
+    )
     progress = await acreate_progress_artifact(
         progress=0.0,
         key=f"progress-{campaign_id.replace('_', '-')}",

@@ -57,6 +57,16 @@ async def send_campaign_chunk(
     return {**report, "worker": worker}
 
 
+def chunk_run_size(settings: Settings, total: int) -> int:
+    """Messages per chunk run: at most CAMPAIGNS_CHUNK_RUN_SIZE, and as many equal runs as a
+    multiple of the runs in flight, so that no wave ends with one process sending alone (every
+    run costs a process start, so fewer, bigger runs are cheaper)."""
+    in_flight = settings.chunk_concurrency
+    runs = max(1, -(-total // settings.chunk_run_size))
+    runs = -(-runs // in_flight) * in_flight
+    return max(1, -(-total // runs))
+
+
 async def _tag_self(tag: str) -> None:
     """Record which worker ran this chunk (visible in the UI and to `campaigns` tooling)."""
     try:
