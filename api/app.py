@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from api import errors
-from api.deps import AppState
+from api.deps import AppState, KeyCache
 from api.routes import account, campaigns, contacts, webhooks
 from core.db import get_engine, get_read_engine, make_engine
 from core.launcher import Launcher, NullLauncher
@@ -26,13 +26,14 @@ def create_app(
         "Telegram, email or Slack; every campaign is a Prefect flow run.",
     )
     engine = engine or get_engine(settings)
-    # Several API processes share PostgreSQL, so the bucket lives there; SQLite is one machine
-    # and one API process (`campaigns serve`), where memory is enough and a write per request
-    # would queue behind the flows' writes.
+    # Several API processes share PostgreSQL, so the bucket lives there; SQLite is one machine,
+    # where each of the API's processes keeps its share in memory (a write per request would
+    # queue behind the flows' writes).
+    workers = settings.api.workers
     buckets: Buckets = (
         DbTokenBuckets(engine, settings.api.rate_per_second, settings.api.burst)
         if engine.dialect.name == "postgresql"
-        else TokenBuckets(settings.api.rate_per_second, settings.api.burst)
+        else TokenBuckets(settings.api.rate_per_second / workers, max(1, round(settings.api.burst / workers)))
     )
     app.state.campaigns = AppState(
         settings=settings,
@@ -46,6 +47,7 @@ def create_app(
         ),
         launcher=launcher or NullLauncher(),
         buckets=buckets,
+        keys=KeyCache(settings.api.key_cache_s),
     )
     errors.install(app)
     app.include_router(campaigns.router)

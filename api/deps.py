@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -16,12 +17,35 @@ from starlette.concurrency import run_in_threadpool
 from core import accounts
 from core.db import session_scope
 from core.errors import InvalidRequest, RateLimited, Unauthorized
+from core.ids import hash_api_key
 from core.launcher import Launcher
-from core.ratelimit import Buckets, retry_after_header
+from core.ratelimit import Buckets, TokenBuckets, retry_after_header
 from core.settings import Settings
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+
+
+class KeyCache:
+    """API key → account id for `ttl` seconds, so most requests authenticate without a query
+    (a revoked key stops working within `ttl`). Bounded; unknown keys are never cached."""
+
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
+        self.ttl, self.size = ttl, size
+        self._entries: dict[str, tuple[str, float]] = {}
+
+    def get(self, key: str) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key: str, account_id: str) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[key] = (account_id, time.monotonic() + self.ttl)
 
 
 @dataclass
@@ -31,6 +55,7 @@ class AppState:
     read_engine: Engine
     launcher: Launcher
     buckets: Buckets
+    keys: KeyCache
 
 
 def state(request: Request) -> AppState:
@@ -57,15 +82,22 @@ async def current_account_id(request: Request) -> str:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing or malformed Authorization header; use 'Bearer <api_key>'")
-    buckets = state(request).buckets
+    app_state = state(request)
+    buckets = app_state.buckets
+    cache_key = hash_api_key(key.strip())  # the cache holds no raw keys
+    account_id = app_state.keys.get(cache_key)
+    if account_id is not None and isinstance(buckets, TokenBuckets):
+        wait = buckets.take(account_id)  # in memory: no thread, no database
+    else:
 
-    def _authenticate(session: Session) -> tuple[str | None, float]:
-        account = accounts.account_for_key(session, key=key.strip())
-        return (None, 0.0) if account is None else (account.id, buckets.take(account.id))
+        def _authenticate(session: Session) -> tuple[str | None, float]:
+            account = accounts.account_for_key(session, key=key.strip())
+            return (None, 0.0) if account is None else (account.id, buckets.take(account.id))
 
-    account_id, wait = await in_db(request, _authenticate, write=False)
-    if account_id is None:
-        raise Unauthorized("unknown API key")
+        account_id, wait = await in_db(request, _authenticate, write=False)
+        if account_id is None:
+            raise Unauthorized("unknown API key")
+        app_state.keys.put(cache_key, account_id)
     if wait > 0:
         raise RateLimited("too many requests; slow down", retry_after=retry_after_header(wait))
     return account_id

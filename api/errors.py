@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextvars
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import DomainError, RateLimited
@@ -56,24 +55,47 @@ def _validation_details(exc: RequestValidationError) -> dict[str, Any]:
     return {"errors": errors}
 
 
+class RequestIdMiddleware:
+    """Gives every request an id (X-Request-ID on every response, `request_id` in error bodies)
+    and turns anything unhandled into the SPEC 500 body. Plain ASGI: Starlette's
+    BaseHTTPMiddleware runs each request in an extra task and streams the response through a
+    memory channel, a tenth of the API's CPU per request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = new_request_id()
+        token = request_id_var.set(rid)
+        header = (b"x-request-id", rid.encode())
+        started = False
+
+        async def send_with_id(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:  # the last line of defence: no stack trace leaves the process
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await error_response(500, "internal_error", "internal server error")(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
 def install(app: FastAPI) -> None:
     """Register the request-id middleware and the exception handlers."""
 
-    @app.middleware("http")
-    async def request_id_middleware(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        rid = new_request_id()
-        token = request_id_var.set(rid)
-        try:
-            response = await call_next(request)
-        except Exception:  # the last line of defence: no stack trace leaves the process
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            response = error_response(500, "internal_error", "internal server error")
-        finally:
-            request_id_var.reset(token)
-        response.headers["X-Request-ID"] = rid
-        return response
+    app.add_middleware(RequestIdMiddleware)
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, exc: DomainError) -> JSONResponse:

@@ -1,6 +1,6 @@
 """Benchmark: 100 concurrent clients against `campaigns api` (creates, gets, lists).
 
-    python bench/api_load.py [--clients 100] [--seconds 20]
+    python bench/api_load.py [--clients 100] [--seconds 20] [--workers 2]
 
 Starts `campaigns api` on a free port over a fresh SQLite database (no Prefect: created campaigns
 stay draft, which is what an API-only load test wants), then runs the clients for the given time
@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from channels.http import AiohttpTransport  # noqa: E402
 from core.db import make_engine, migrate  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from deployments.stack import free_port  # noqa: E402
@@ -97,6 +97,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--accounts", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2, help="campaigns api --workers (one per core)")
     args = parser.parse_args()
     data = Path(tempfile.mkdtemp(prefix="campaigns-api-load-"))
     settings = Settings(data_dir=data)
@@ -114,7 +115,7 @@ def main() -> int:
     )
     log = (data / "api.log").open("w")
     api = subprocess.Popen(
-        [sys.executable, "-m", "deployments.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "deployments.cli", "api", "--port", str(port), "--workers", str(args.workers)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -127,6 +128,7 @@ def main() -> int:
                 break
             except httpx.HTTPError:
                 time.sleep(0.2)
+        print(f"campaigns api --workers {args.workers} on SQLite:")
         asyncio.run(run(base, tenants, args.clients, args.seconds))
     finally:
         api.terminate()

@@ -41,8 +41,8 @@ from tests.providers import fake_server as fk  # noqa: E402
 class GetLatency:
     """Times GET /v1/campaigns/{id} from a second client while the campaign runs."""
 
-    def __init__(self, url: str, headers: dict[str, str]) -> None:
-        self.url, self.headers = url, headers
+    def __init__(self, url: str, headers: dict[str, str], enabled: bool = True) -> None:
+        self.url, self.headers, self.enabled = url, headers, enabled
         self.campaign_id: str | None = None
         self.samples: list[float] = []
         self._stop = threading.Event()
@@ -58,12 +58,14 @@ class GetLatency:
                 time.sleep(0.05)
 
     def __enter__(self) -> GetLatency:
-        self._thread.start()
+        if self.enabled:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self.enabled:
+            self._thread.join()
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.samples)
@@ -103,6 +105,55 @@ class PeakRss:
         self._thread.join()
 
 
+def sending_window(settings: Settings, campaign_id: str) -> tuple[float, float] | None:
+    """Epoch seconds of the first and last provider hand-over recorded (sent_at, ±0.5 s)."""
+    from sqlalchemy import func, select
+    from sqlmodel import col
+
+    from core.db import session_scope
+    from models import Message
+
+    with session_scope(make_engine(settings.resolved_database_url())) as session:
+        first, last = session.execute(
+            select(func.min(Message.sent_at), func.max(Message.sent_at)).where(
+                col(Message.campaign_id) == campaign_id
+            )
+        ).one()
+    return (first.timestamp(), last.timestamp()) if first and last else None
+
+
+def orchestration_figures(prefect_api: str, campaign_id: str, settings: Settings) -> dict[str, float] | None:
+    """Flow runs and task runs the campaign cost in Prefect, and its run's start → first message."""
+    from datetime import datetime
+
+    from core.db import session_scope
+    from models import Campaign
+
+    with session_scope(make_engine(settings.resolved_database_url())) as session:
+        parent = session.get(Campaign, campaign_id)
+        parent_id = parent.flow_run_id if parent else None
+    if not parent_id:
+        return None
+    try:
+        with httpx.Client(base_url=prefect_api, timeout=30) as prefect:
+            chunk_runs = prefect.post(
+                "/flow_runs/filter",
+                json={"flow_runs": {"tags": {"all_": [f"campaign:{campaign_id}"]}}, "limit": 200},
+            ).json()
+            ids = [parent_id, *(r["id"] for r in chunk_runs)]
+            tasks = prefect.post("/task_runs/count", json={"flow_runs": {"id": {"any_": ids}}}).json()
+            start = prefect.get(f"/flow_runs/{parent_id}").json()["start_time"]
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+    window = sending_window(settings, campaign_id)
+    started = datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp() if start else None
+    return {
+        "flow_runs": len(ids),
+        "task_runs": int(tasks),
+        "start_to_first_s": (window[0] - started) if window and started else float("nan"),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipients", type=int, default=10_000)
@@ -119,13 +170,16 @@ def main() -> int:
     parser.add_argument("--chunk-run-size", type=int, default=None, help="CAMPAIGNS_CHUNK_RUN_SIZE")
     parser.add_argument("--chunk-concurrency", type=int, default=2, help="CAMPAIGNS_CHUNK_CONCURRENCY")
     parser.add_argument("--database-url", default=None, help="CAMPAIGNS_DATABASE_URL (default: SQLite)")
+    parser.add_argument(
+        "--no-get-latency", action="store_true", help="do not time GETs from a second client meanwhile"
+    )
     args = parser.parse_args()
 
     data = Path(tempfile.mkdtemp(prefix="campaigns-bench-"))
-    port = free_port()
+    port, prefect_port = free_port(), free_port()
     env = clean_env(
         CAMPAIGNS_DATA_DIR=str(data),
-        CAMPAIGNS_PREFECT_PORT=str(free_port()),
+        CAMPAIGNS_PREFECT_PORT=str(prefect_port),
         CAMPAIGNS_SANDBOX__LATENCY_MS=str(args.latency_ms),
         CAMPAIGNS_SANDBOX__DELIVERY_DELAY_S="0.5",
         CAMPAIGNS_CHUNK_SIZE=str(args.chunk_size),
@@ -168,7 +222,7 @@ def main() -> int:
         headers = {"Authorization": f"Bearer {api_key}"}
         with (
             PeakRss() as rss,
-            GetLatency(url, headers) as latency,
+            GetLatency(url, headers, enabled=not args.no_get_latency) as latency,
             httpx.Client(base_url=url, headers=headers, timeout=60) as api,
         ):
             t_create = time.monotonic()
@@ -195,7 +249,7 @@ def main() -> int:
                 if c["status"] in ("completed", "failed", "cancelled"):
                     t_done = now
                     break
-                time.sleep(0.1)
+                time.sleep(0.5 if args.no_get_latency else 0.1)
         assert t_processing is not None and t_dispatched is not None
         total = c["total_recipients"]
         print(f"provider:                 {args.provider} ({args.latency_ms:g} ms latency per request)")
@@ -213,6 +267,19 @@ def main() -> int:
             f"end to end (create → completed): {t_done - t_create:.1f} s "
             f"= {total / (t_done - t_create):,.0f} messages/s"
         )
+        sending = sending_window(settings, cid)
+        if sending:
+            print(
+                f"sending (first → last message handed over): {sending[1] - sending[0]:.1f} s "
+                f"= {total / max(sending[1] - sending[0], 1e-9):,.0f} messages/s"
+            )
+        orchestration = orchestration_figures(f"http://127.0.0.1:{prefect_port}/api", cid, settings)
+        if orchestration:
+            print(
+                f"orchestration: {orchestration['flow_runs']} flow runs, "
+                f"{orchestration['task_runs']} task runs; "
+                f"flow start → first message {orchestration['start_to_first_s']:.1f} s"
+            )
         print(f"chunks:                   {'flow runs (distributed)' if args.distribute else 'task runs'}")
         print(f"flow-run process peak RSS: {rss.peak_kb / 1024:.0f} MB")
         print(

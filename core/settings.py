@@ -14,6 +14,11 @@ class ApiSettings(BaseModel):
 
     rate_per_second: float = 20.0
     burst: int = 40
+    # Processes of `campaigns api`. On PostgreSQL they share each account's bucket; on SQLite
+    # each keeps 1/workers of it in memory (together: the account's rate).
+    workers: int = Field(default=1, ge=1, le=32)
+    # An API key stays valid this long in each API process's memory after a lookup.
+    key_cache_s: float = Field(default=5.0, ge=0)
 
 
 class DeliverySettings(BaseModel):

@@ -178,11 +178,31 @@ def build_api(settings: Settings) -> Any:
     return create_app(settings, launcher=PrefectLauncher())
 
 
+def api_app() -> Any:
+    """The app factory each `campaigns api --workers N` process calls."""
+    return build_api(get_settings())
+
+
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     migrate(settings)
-    uvicorn.run(build_api(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
+    workers = args.workers or settings.api.workers
+    if workers == 1:
+        app = build_api(settings)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        return 0
+    # Each process builds the app from the environment; tell them how many share the limits.
+    os.environ["CAMPAIGNS_API__WORKERS"] = str(workers)
+    uvicorn.run(
+        "deployments.cli:api_app",
+        factory=True,
+        workers=workers,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
     return 0
 
 
@@ -239,6 +259,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("api", help="only the HTTP API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="API processes (default CAMPAIGNS_API__WORKERS or 1); e.g. the number of cores",
+    )
     p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("demo", help="run a sandbox campaign end to end and show it")
