@@ -282,10 +282,11 @@ def main() -> int:
             )
         print(f"chunks:                   {'flow runs (distributed)' if args.distribute else 'task runs'}")
         print(f"flow-run process peak RSS: {rss.peak_kb / 1024:.0f} MB")
-        print(
-            f"GET /v1/campaigns/{{id}} while running: p50 {latency.percentile(50):.1f} ms, "
-            f"p99 {latency.percentile(99):.1f} ms ({len(latency.samples)} requests)"
-        )
+        if latency.enabled:
+            print(
+                f"GET /v1/campaigns/{{id}} while running: p50 {latency.percentile(50):.1f} ms, "
+                f"p99 {latency.percentile(99):.1f} ms ({len(latency.samples)} requests)"
+            )
         return 0 if c["status"] == "completed" else 1
     finally:
         if serve is not None:
