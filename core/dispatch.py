@@ -9,6 +9,7 @@ outcome is recorded after. A retried or re-run chunk only claims `pending` rows;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import random
@@ -143,6 +144,7 @@ class ChunkSender:
         self._buffer: list[_Outcome] = []
         # Claimed rows whose request has not gone out yet: safe to hand back if we stop.
         self._unsent: set[str] = set()
+        self._writes: set[asyncio.Future[None]] = set()
         self.channel_name = ""
 
     # -- database steps (run in a thread so in-flight sends keep going) --
@@ -303,12 +305,18 @@ class ChunkSender:
     async def _flush(self) -> None:
         if self._buffer:
             batch, self._buffer = self._buffer, []
-            await asyncio.to_thread(self._write, batch)
+            # Shielded: a write cancelled while queued for a thread would never run, and its
+            # messages would stay `sending` although the provider has them.
+            write = asyncio.ensure_future(asyncio.to_thread(self._write, batch))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+            await asyncio.shield(write)
 
-    async def _flush_periodically(self) -> None:
+    async def _flush_periodically(self, stop: asyncio.Event) -> None:
         # Results reach the database within FLUSH_INTERVAL_S even when sends are slow.
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FLUSH_INTERVAL_S)
             await self._flush()
 
     # -- sending --
@@ -441,7 +449,8 @@ class ChunkSender:
                 failure.append(exc)
                 raise
 
-        flusher = asyncio.create_task(self._flush_periodically())
+        stop_flushing = asyncio.Event()
+        flusher = asyncio.create_task(self._flush_periodically(stop_flushing))
         await channel.open()
         senders: list[asyncio.Task[None]] = []
         try:
@@ -455,11 +464,16 @@ class ChunkSender:
             await asyncio.gather(*senders, return_exceptions=True)
             if claiming is not None:
                 await asyncio.gather(claiming, return_exceptions=True)
-            flusher.cancel()
+            stop_flushing.set()
+            await asyncio.gather(flusher, return_exceptions=True)
             await self._flush()  # recorded outcomes first, then hand back what never went out
+            if self._writes:
+                await asyncio.gather(*self._writes)
             if self._unsent:  # stopped early (cancelled, shutting down, config error)
                 self._unclaim(list(self._unsent))
             await channel.close()
+        if not flusher.cancelled() and flusher.exception() is not None:
+            raise flusher.exception()  # type: ignore[misc]  # a failed write fails the chunk (retried)
         return self.report
 
 

@@ -312,3 +312,31 @@ def test_a_crash_is_handled_once_even_by_two_reconcilers(engine: Engine) -> None
     with session_scope(engine) as session:
         c = campaigns.load(session, cid)
         assert (c.status, c.flow_run_id, c.resume_count) == ("processing", None, 1)
+
+
+async def test_outcomes_written_while_threads_are_busy_are_never_lost(
+    settings: Settings, engine: Engine
+) -> None:
+    """A periodic flush still queued for a thread when the chunk ends must still be written (it
+    once was cancelled there, leaving accepted messages `sending` forever)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+    cid = _started_campaign(engine, n=32)
+    channel = FakeChannel(delay=0.3)  # one claim, 16 at a time: two rounds, ~0.6 s
+
+    async def block_the_thread() -> None:
+        # Everything is claimed by now; the 0.5 s periodic flush queues behind this, and the
+        # chunk ends (0.6 s) while it waits.
+        await asyncio.sleep(0.35)
+        await loop.run_in_executor(None, time.sleep, 1.0)
+
+    blocker = asyncio.create_task(block_the_thread())
+    report = await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=40, channel=channel
+    )
+    await blocker
+    assert report.accepted == 32
+    assert {m.status for m in _messages(engine, cid)} == {"sent"}
