@@ -3,6 +3,7 @@ the API over it with a recording launcher. No Prefect here."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from datetime import datetime
@@ -97,9 +98,9 @@ def client(settings: Settings, engine: Engine, launcher: RecordingLauncher) -> I
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this session, or a skip when PostgreSQL is absent."""
+@contextlib.contextmanager
+def _new_pg_database() -> Iterator[str]:
+    """Create a PostgreSQL database for a test (dropped after), or skip when PostgreSQL is absent."""
     import os
     import secrets
 
@@ -125,6 +126,21 @@ def pg_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database shared by this session's database tests."""
+    with _new_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def own_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test alone (a worker's reconciler would launch every open
+    campaign other tests left in a shared one)."""
+    with _new_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,8 @@ def _handed_over(engine: Any, campaign_id: str, start: int, end: int) -> int:
         )
 
 
-def test_two_workers_share_a_campaign_and_survive_one_being_killed(pg_url: str, tmp_path: Path) -> None:
+def test_two_workers_share_a_campaign_and_survive_one_being_killed(own_pg_url: str, tmp_path: Path) -> None:
+    pg_url = own_pg_url
     fakes = fk.FakeProviders(latency_s=0.1, delivery_delay_s=0.2)
     port, prefect_port = free_port(), free_port()
     prefect_api = f"http://127.0.0.1:{prefect_port}/api"
