@@ -15,7 +15,7 @@ import aiohttp
 import httpx
 import yarl
 
-from channels.base import TransientSendError
+from channels.base import PermanentSendError, TransientSendError
 
 USER_AGENT = "campaigns/1"
 
@@ -200,12 +200,18 @@ class HttpAdapter:
         try:
             response = await self._open.handle_async_request(request)
             await response.aread()  # already read by our transport; MockTransport streams
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            # Never connected, so nothing was sent (the aiohttp transport reports a refused
-            # connection as ConnectTimeout).
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Never connected, so nothing was sent: safe to send again.
             raise TransientSendError(f"cannot reach the provider: {exc}", code="connection_error") from exc
-        except httpx.TimeoutException as exc:
-            raise TransientSendError(f"timeout talking to the provider: {exc}", code="timeout") from exc
-        except httpx.TransportError as exc:
+        except (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError) as exc:
+            if method in ("GET", "HEAD"):  # a lookup may simply be asked again
+                raise TransientSendError(f"no answer from the provider: {exc}", code="timeout") from exc
+            # The request went out and no answer came: the provider may have accepted it, and
+            # sending again could deliver it twice. Never resent; charged like an accepted one.
+            raise PermanentSendError(
+                f"sent, but no answer from the provider ({exc.__class__.__name__}: {exc})",
+                code="outcome_unknown",
+            ) from exc
+        except httpx.TransportError as exc:  # write errors, pool timeouts: the request did not go out whole
             raise TransientSendError(f"cannot reach the provider: {exc}", code="connection_error") from exc
         return response

@@ -203,3 +203,26 @@ async def test_smtp_reuses_one_connection_and_writes_proper_mime() -> None:
         assert email["List-Unsubscribe"] == "<mailto:news@example.com?subject=unsubscribe>"
         assert email.get_content_charset() == "utf-8"
         assert email.get_payload(decode=True).decode("utf-8").strip() == "Grüße, Ada ✓"
+
+
+async def test_no_answer_after_sending_is_outcome_unknown_but_never_connecting_is_transient() -> None:
+    """Sent without an answer: never resent (it may have been delivered); a lookup just retries."""
+    failures: list[Exception] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise failures.pop(0)
+
+    transport, _seen = mock(handler)
+    chan = twilio(transport)
+    await chan.open()
+    failures.append(httpx.ReadTimeout("no answer"))
+    with pytest.raises(PermanentSendError) as unknown:
+        await chan.send(MSG)
+    assert unknown.value.code == "outcome_unknown"
+    failures.append(httpx.ConnectError("refused"))
+    with pytest.raises(TransientSendError) as refused:
+        await chan.send(MSG)
+    assert refused.value.code == "connection_error"
+    failures.append(httpx.ReadTimeout("slow lookup"))
+    assert await chan.fetch_status("SM1", None) is None  # asked again at the next poll
+    await chan.close()
