@@ -399,9 +399,10 @@ class ChunkSender:
         )
         concurrency = max(1, round((config.concurrency or channel.default_concurrency) * self.share))
         pacer = pacer_for(view.channel, view.sender, rate * self.share if rate else rate, concurrency)
-        # Claim little more than can be in flight: what is claimed but unsent when a worker is
-        # killed can only be failed as outcome_unknown.
-        claim_batch = min(CLAIM_BATCH, max(32, 2 * concurrency))
+        # Claim a few rounds of sends at a time: what is claimed but unsent when a worker is
+        # killed can only be failed as outcome_unknown, but every claim is a write transaction
+        # (4x the concurrency instead of 2x: +15 % sending with two chunk processes on SQLite).
+        claim_batch = min(CLAIM_BATCH, max(32, 4 * concurrency))
         queue: deque[dict[str, Any]] = deque()
         claiming: asyncio.Task[None] | None = None
         exhausted = False
