@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,9 +36,6 @@ CHUNK_FLOW = "send-campaign-chunk"
 CHUNK_DEPLOYMENT = f"{CHUNK_FLOW}/default"
 WORKER_ENV = "CAMPAIGNS_WORKER_NAME"
 POLL_S = 1.0
-# A chunk run that no worker has started (Scheduled/Pending) for this long is stuck: it may have
-# been taken by a worker that died before starting it. It is crashed and started again.
-START_TIMEOUT_S = 300.0
 
 
 class ChunkRunFailed(RuntimeError):
@@ -87,26 +85,31 @@ async def _campaign_open(settings: Settings, campaign_id: str) -> bool:
     return not campaigns.is_final(status)
 
 
-async def _wait_final(run_id: Any) -> FlowRun:
-    """Poll the chunk run until its state is final; crash it if no worker ever starts it."""
+async def _wait_final(run_id: Any, start_timeout_s: float) -> FlowRun:
+    """Poll the chunk run until its state is final. A run a worker took (Pending) but never
+    started within `start_timeout_s` — the worker died in between, so no heartbeat will ever
+    mark it — is crashed, to be started again. Scheduled runs just wait for a free worker."""
     from prefect.client.schemas.objects import StateType
     from prefect.states import Crashed
 
-    waited = 0.0
+    pending_since: float | None = None
     async with get_client() as client:
         while True:
             run = await client.read_flow_run(run_id)
             state = run.state
             if state is not None and state.is_final():
                 return run
-            if state is not None and state.type in (StateType.SCHEDULED, StateType.PENDING):
-                waited += POLL_S
-                if waited > START_TIMEOUT_S and state.type == StateType.PENDING:
+            if state is not None and state.type == StateType.PENDING:
+                now = time.monotonic()
+                pending_since = pending_since or now
+                if now - pending_since > start_timeout_s:
                     await client.set_flow_run_state(
-                        run_id, Crashed(message="no worker started this chunk run"), force=True
+                        run_id,
+                        Crashed(message="the worker that took this chunk run never started it"),
+                        force=True,
                     )
             else:
-                waited = 0.0
+                pending_since = None
             await asyncio.sleep(POLL_S)
 
 
@@ -130,7 +133,7 @@ async def run_chunk_until_done(
             idempotency_key=f"{campaign_id}:{start}-{end}:{attempt}",
             tags=["campaigns", f"campaign:{campaign_id}"],
         )
-        finished = await _wait_final(run.id)
+        finished = await _wait_final(run.id, 3 * settings.heartbeat_s)
         state = finished.state
         assert state is not None
         if not await _campaign_open(settings, campaign_id):
