@@ -134,10 +134,12 @@ def pagination(
 Paging = Annotated[Page, Depends(pagination)]
 
 
-async def read_json(request: Request) -> Any:
-    """The parsed JSON body, or 400 invalid_request."""
+async def read_json(request: Request, *, allow_empty: bool = False) -> Any:
+    """The parsed JSON body (None for an empty one if `allow_empty`), or 400 invalid_request."""
     raw = await request.body()
     if not raw.strip():
+        if allow_empty:
+            return None
         raise InvalidRequest("request body must be a JSON object")
     try:
         return json.loads(raw)

@@ -24,7 +24,6 @@ class OutboundMessage:
     body: str | None = None
     subject: str | None = None
     template: dict[str, Any] | None = None
-    contact_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +62,16 @@ class TransientSendError(SendError):
         self.retry_after = retry_after
 
 
+class UnknownOutcomeError(SendError):
+    """The request went out and no answer came back (read timeout, dropped connection): the
+    provider may have accepted it, so it is never simply sent again. Where the provider can
+    list what it sent (`find_sent`), the sender looks first; otherwise the message ends
+    `outcome_unknown`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="outcome_unknown")
+
+
 class PermanentSendError(SendError):
     """Never retried; `opt_out` when the recipient unsubscribed or blocked the sender."""
 
@@ -81,6 +90,9 @@ class Channel(Protocol):
     default_concurrency: int
     # True if fetch_status can resolve `sent` messages to a final status.
     supports_status_lookup: bool
+    # Seconds after a send before `find_sent` is sure to see it; None if the provider cannot
+    # find a sent message (then an unknown outcome stays `outcome_unknown`).
+    sent_lookup_delay_s: float | None
 
     async def open(self) -> None:
         """Acquire connections (an SMTP session, an HTTP pool)."""
@@ -95,6 +107,21 @@ class Channel(Protocol):
     async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
         """The final status of an accepted message, or None while it is not final yet."""
         ...
+
+    async def find_sent(self, message: OutboundMessage, since: datetime) -> list[SendResult]:
+        """The provider's messages that match `message` (recipient, sender, text) created at or
+        after `since`, newest first; raises TransientSendError if it cannot tell right now."""
+        ...
+
+
+class NoSentLookup:
+    """For providers with no way to list what was sent."""
+
+    sent_lookup_delay_s: float | None = None
+
+    async def find_sent(self, message: OutboundMessage, since: datetime) -> list[SendResult]:
+        """Nothing can be found."""
+        return []
 
 
 class ProviderConfigError(Exception):

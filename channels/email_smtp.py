@@ -13,6 +13,7 @@ from email.utils import formatdate, make_msgid
 import aiosmtplib
 
 from channels.base import (
+    NoSentLookup,
     OutboundMessage,
     PermanentSendError,
     ProviderConfigError,
@@ -23,15 +24,21 @@ from channels.base import (
 from core.settings import SmtpSettings
 
 
+def header_value(value: str) -> str:
+    """A header value on one line: CR, LF and other line breaks become spaces (a personalized
+    subject must never add headers, and the email package refuses line breaks)."""
+    return " ".join(value.splitlines()).strip()
+
+
 def build_email(message: OutboundMessage, message_id: str) -> EmailMessage:
     """A UTF-8 text email with the headers bulk mail needs."""
     email = EmailMessage()
-    email["From"] = message.sender
-    email["To"] = message.to
-    email["Subject"] = message.subject or ""
+    email["From"] = header_value(message.sender)
+    email["To"] = header_value(message.to)
+    email["Subject"] = header_value(message.subject or "")
     email["Date"] = formatdate(usegmt=True)
     email["Message-ID"] = message_id
-    email["List-Unsubscribe"] = f"<mailto:{message.sender}?subject=unsubscribe>"
+    email["List-Unsubscribe"] = f"<mailto:{header_value(message.sender)}?subject=unsubscribe>"
     email["X-Campaign-ID"] = message.campaign_id
     email.set_content(message.body or "", charset="utf-8")
     return email
@@ -43,7 +50,7 @@ def _classify(code: int, text: str) -> Exception:
     return PermanentSendError(f"SMTP {code}: {text}", code=str(code))
 
 
-class SmtpChannel:
+class SmtpChannel(NoSentLookup):
     """SMTP adapter."""
 
     name = "email"

@@ -15,7 +15,7 @@ import aiohttp
 import httpx
 import yarl
 
-from channels.base import PermanentSendError, TransientSendError
+from channels.base import TransientSendError, UnknownOutcomeError
 
 USER_AGENT = "campaigns/1"
 
@@ -184,14 +184,21 @@ class HttpAdapter:
         return url
 
     async def call(
-        self, method: str, path: str, *, data: dict[str, str] | None = None, json: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        data: dict[str, str] | None = None,
+        json: Any = None,
+        params: dict[str, str] | None = None,
     ) -> httpx.Response:
-        """Send one request and read its body; network-level failures become
-        TransientSendError (whether or not the request may have reached the provider)."""
+        """Send one request and read its body. A request that never reached the provider is a
+        TransientSendError; a POST that went out without an answer is an UnknownOutcomeError."""
         assert self._open is not None, "open() first"
+        url = self.url(path) if params is None else httpx.URL(self.base_url + path, params=params)
         request = httpx.Request(
             method,
-            self.url(path),
+            url,
             headers=self.headers,
             data=data,
             json=json,
@@ -207,10 +214,9 @@ class HttpAdapter:
             if method in ("GET", "HEAD"):  # a lookup may simply be asked again
                 raise TransientSendError(f"no answer from the provider: {exc}", code="timeout") from exc
             # The request went out and no answer came: the provider may have accepted it, and
-            # sending again could deliver it twice. Never resent; charged like an accepted one.
-            raise PermanentSendError(
-                f"sent, but no answer from the provider ({exc.__class__.__name__}: {exc})",
-                code="outcome_unknown",
+            # sending again blindly could deliver it twice (the sender looks it up first).
+            raise UnknownOutcomeError(
+                f"sent, but no answer from the provider ({exc.__class__.__name__})"
             ) from exc
         except httpx.TransportError as exc:  # write errors, pool timeouts: the request did not go out whole
             raise TransientSendError(f"cannot reach the provider: {exc}", code="connection_error") from exc

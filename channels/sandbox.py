@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 from datetime import datetime
 
-from channels.base import OutboundMessage, PermanentSendError, SendResult, StatusUpdate
+from channels.base import NoSentLookup, OutboundMessage, PermanentSendError, SendResult, StatusUpdate
 from core.settings import SandboxSettings
 from core.timeutil import as_utc, utcnow
 
@@ -26,7 +26,7 @@ def _fraction(text: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-class SandboxChannel:
+class SandboxChannel(NoSentLookup):
     """Simulated provider for any channel."""
 
     default_rate_per_second: float | None = None

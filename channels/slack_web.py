@@ -11,6 +11,7 @@ from datetime import datetime
 import httpx
 
 from channels.base import (
+    NoSentLookup,
     OutboundMessage,
     PermanentSendError,
     ProviderConfigError,
@@ -43,7 +44,7 @@ CONFIG = frozenset(
 )
 
 
-class SlackChannel(HttpAdapter):
+class SlackChannel(NoSentLookup, HttpAdapter):
     """Slack Web API adapter."""
 
     name = "slack"

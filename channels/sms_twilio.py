@@ -3,11 +3,14 @@
 Send: POST {base}/2010-04-01/Accounts/{AccountSid}/Messages.json, form fields To, From, Body,
 StatusCallback; HTTP basic auth; 201 with the message resource (`sid` is our provider id).
 Status: GET …/Messages/{sid}.json, and status callbacks (webhook). Errors come back as
-{"code", "message", "more_info", "status"}."""
+{"code", "message", "more_info", "status"}. Finding a message whose answer was lost:
+GET …/Messages.json?To=…&From=…&DateSent>=YYYY-MM-DD (newest first, `next_page_uri` pages),
+matched on the body and on `date_created`."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 import httpx
 
@@ -32,6 +35,12 @@ from core.settings import TwilioSettings
 CONFIG_CODES = frozenset({20003, 20005, 21212, 21603, 21606, 21659})
 OPT_OUT_CODES = frozenset({21610})
 RATE_LIMIT_CODES = frozenset({20429, 21611})  # concurrency limit; queue full
+# A message created through the API is listed by Messages.json within moments; waiting this long
+# after a lost answer before concluding "not sent" leaves a wide margin.
+SENT_LOOKUP_DELAY_S = 10.0
+LOOKUP_PAGES = 5
+# date_created comes from Twilio's clock, `since` from ours.
+CLOCK_SKEW = timedelta(seconds=60)
 
 FINAL = {
     "delivered": "delivered",
@@ -60,6 +69,7 @@ class TwilioChannel(HttpAdapter):
     default_rate_per_second: float | None = 10.0
     default_concurrency = 10
     supports_status_lookup = True
+    sent_lookup_delay_s: float | None = SENT_LOOKUP_DELAY_S
 
     def __init__(
         self,
@@ -136,6 +146,52 @@ class TwilioChannel(HttpAdapter):
             error_code=str(code) if code else None,
             error_message=body.get("error_message"),
         )
+
+    async def find_sent(self, message: OutboundMessage, since: datetime) -> list[SendResult]:
+        """List the messages to `message.to` from its sender since that day and keep those with
+        the same body created after `since` (newest first)."""
+        params = {
+            "To": message.to,
+            "From": message.sender,
+            "DateSent>=": since.strftime("%Y-%m-%d"),
+            "PageSize": "50",
+        }
+        path = f"{self.path}.json"
+        found: list[SendResult] = []
+        for _page in range(LOOKUP_PAGES):
+            response = await self.call("GET", path, params=params)
+            raise_for_transient_status(response)
+            if response.status_code != 200:
+                self._raise(response)
+            body = json_or_empty(response)
+            for item in body.get("messages") or []:
+                if isinstance(item, dict) and _matches(item, message, since):
+                    status = map_status(str(item.get("status", "")))
+                    found.append(
+                        SendResult(str(item["sid"]), "delivered" if status == "delivered" else "sent")
+                    )
+            next_uri = body.get("next_page_uri")
+            if not next_uri or not isinstance(next_uri, str):
+                break
+            path, _, query = next_uri.partition("?")
+            params = dict(httpx.QueryParams(query))
+        return found
+
+
+def _matches(item: dict[str, object], message: OutboundMessage, since: datetime) -> bool:
+    if not item.get("sid") or item.get("body") != (message.body or ""):
+        return False
+    if item.get("to") not in (None, message.to):
+        return False
+    created = item.get("date_created")
+    if not isinstance(created, str):
+        return True
+    try:
+        when = parsedate_to_datetime(created).astimezone(UTC)
+    except (TypeError, ValueError):
+        return True
+    aware = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+    return when >= aware - CLOCK_SKEW
 
 
 def signature(url: str, params: dict[str, list[str]], auth_token: str) -> str:

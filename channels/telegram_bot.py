@@ -12,6 +12,7 @@ from datetime import datetime
 import httpx
 
 from channels.base import (
+    NoSentLookup,
     OutboundMessage,
     PermanentSendError,
     ProviderConfigError,
@@ -39,7 +40,7 @@ def _code(description: str) -> str:
     return "bad_request"
 
 
-class TelegramChannel(HttpAdapter):
+class TelegramChannel(NoSentLookup, HttpAdapter):
     """Telegram Bot API adapter."""
 
     name = "telegram"

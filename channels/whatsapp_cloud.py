@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from channels.base import (
+    NoSentLookup,
     OutboundMessage,
     PermanentSendError,
     ProviderConfigError,
@@ -55,7 +56,7 @@ def status_update(status: dict[str, Any]) -> StatusUpdate | None:
     return None
 
 
-class WhatsAppCloudChannel(HttpAdapter):
+class WhatsAppCloudChannel(NoSentLookup, HttpAdapter):
     """WhatsApp Cloud API adapter."""
 
     name = "whatsapp"

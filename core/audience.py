@@ -11,7 +11,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from sqlmodel import Session, col
 
 from core.ids import new_id
-from core.render import contact_values, message_cost, render
+from core.render import contact_values, message_cost, render, render_template, template_texts
 from core.timeutil import utcnow
 from models import ChannelOptOut, Contact, ListMembership, Message
 
@@ -82,6 +82,37 @@ def iter_recipients(session: Session, *, account_id: str, list_id: str, channel:
         yield Recipient(row[0], str(row[1]), row[2], row[3], row[4], row[5] or {})
 
 
+@dataclass(frozen=True)
+class Content:
+    """What a campaign sends; the personalized parts are rendered per recipient at the snapshot
+    and stored with each message, so that the provider gets exactly the text that was priced."""
+
+    body: str | None = None
+    subject: str | None = None
+    template: dict[str, Any] | None = None
+
+    def personalized_fields(self) -> tuple[str, ...]:
+        """The fields with placeholders."""
+        fields = [name for name in ("body", "subject") if "{{" in (getattr(self, name) or "")]
+        if self.template and any("{{" in p["text"] for p in template_texts(self.template)):
+            fields.append("template")
+        return tuple(fields)
+
+    def rendered(self, fields: tuple[str, ...], recipient: Recipient) -> dict[str, Any] | None:
+        """The personalized fields for one recipient (None when nothing is personalized)."""
+        if not fields:
+            return None
+        values = contact_values(recipient.name, recipient.phone, recipient.email, recipient.attributes)
+        out: dict[str, Any] = {}
+        for name in fields:
+            if name == "template":
+                assert self.template is not None
+                out[name] = render_template(self.template, values)
+            else:
+                out[name] = render(getattr(self, name), values)
+        return out
+
+
 def per_message_cost(channel: str, body: str | None, recipient: Recipient) -> int:
     """Credits one recipient's message costs, after personalization."""
     if channel != "sms" or body is None:
@@ -116,11 +147,11 @@ def snapshot(
     account_id: str,
     list_id: str,
     channel: str,
-    body: str | None,
+    content: Content,
     sink: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> Audience:
-    """One pending message row per recipient (seq 0..n-1), handed to `sink` in batches (default:
-    inserted through `session`); returns what was produced."""
+    """One pending message row per recipient (seq 0..n-1) with its personalized content and its
+    price, handed to `sink` in batches (default: inserted through `session`)."""
     members = session.execute(
         select(func.count()).select_from(Contact).where(_member_filter(account_id, list_id))
     ).scalar_one()
@@ -133,8 +164,11 @@ def snapshot(
         session.execute(insert(table), batch)
 
     write = sink or insert_here
+    fields = content.personalized_fields()
+    same_price = message_cost(channel, content.body) if "body" not in fields else 0
     for recipient in iter_recipients(session, account_id=account_id, list_id=list_id, channel=channel):
-        price = per_message_cost(channel, body, recipient)
+        frozen = content.rendered(fields, recipient)
+        price = message_cost(channel, frozen["body"]) if frozen and "body" in frozen else same_price
         rows.append(
             {
                 "id": new_id("msg"),
@@ -144,6 +178,8 @@ def snapshot(
                 "to_address": recipient.address,
                 "status": "pending",
                 "cost": price,
+                "content": frozen,
+                "retryable": False,
                 "attempts": 0,
                 "updated_at": now,
             }

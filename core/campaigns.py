@@ -1,43 +1,25 @@
-"""Campaign lifecycle: create (validate, price, hold), read, cancel, and the run's state machine."""
+"""Campaigns as the account sees them: create (validate, price, hold), edit, read, list."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, update
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
-from core import audience, contacts, credits, sender_ids
-from core.db import session_scope
-from core.errors import Conflict, NotFound, ValidationFailed
+from core import audience, contacts, credits, lifecycle, sender_ids
+from core.errors import Conflict, InvalidRequest, NotFound, ValidationFailed
 from core.ids import new_id
-from core.render import check_placeholders
+from core.lifecycle import Event
+from core.render import check_placeholders, template_texts
 from core.timeutil import as_utc, utcnow
 from core.validation import BODY_LIMITS
-from models import Campaign, CampaignStatus, Message, MessageStatus, SenderIdStatus
-from models.enums import FINAL_CAMPAIGN_STATUSES
-from models.schemas import CampaignCreate
+from models import Campaign, CampaignStatus, Message, SenderIdStatus
+from models.schemas import CampaignCreate, CampaignUpdate
 
-OPEN_STATUSES = (
-    CampaignStatus.draft,
-    CampaignStatus.scheduled,
-    CampaignStatus.processing,
-    CampaignStatus.sent,
-)
 # A scheduled time this close to now counts as "now", not as the past (client clock skew).
 PAST_TOLERANCE = timedelta(seconds=5)
-
-
-def _template_texts(template: dict[str, Any]) -> list[str]:
-    texts: list[str] = []
-    for component in template.get("components", []) or []:
-        for parameter in component.get("parameters", []) or []:
-            if isinstance(parameter, dict) and isinstance(parameter.get("text"), str):
-                texts.append(parameter["text"])
-    return texts
 
 
 def validate_content(data: CampaignCreate) -> None:
@@ -60,8 +42,8 @@ def validate_content(data: CampaignCreate) -> None:
             )
         check_placeholders(data.body)
     if data.template is not None:
-        for text in _template_texts(data.template.model_dump()):
-            check_placeholders(text)
+        for parameter in template_texts(data.template.to_cloud_api()):
+            check_placeholders(parameter["text"])
     if data.subject is not None:
         check_placeholders(data.subject)
 
@@ -95,7 +77,7 @@ def prepare_campaign(session: Session, *, account_id: str, data: CampaignCreate)
     return PreparedCampaign(account_id, data, sender.value, priced)
 
 
-def insert_campaign(session: Session, prepared: PreparedCampaign) -> Campaign:
+def insert_campaign(session: Session, prepared: PreparedCampaign, **extra: Any) -> Campaign:
     """Store a prepared campaign and hold its cost atomically (InsufficientCredits: nothing stored)."""
     data = prepared.data
     channel = data.channel.value
@@ -115,6 +97,7 @@ def insert_campaign(session: Session, prepared: PreparedCampaign) -> Campaign:
         created_at=utcnow(),
         total_recipients=prepared.audience.recipients,
         skipped_count=prepared.audience.skipped,
+        **extra,
     )
     session.add(campaign)
     session.flush()
@@ -131,18 +114,78 @@ def create_campaign(session: Session, *, account_id: str, data: CampaignCreate) 
     return insert_campaign(session, prepare_campaign(session, account_id=account_id, data=data))
 
 
+# -- edit (PATCH) --
+
+
+def edited(campaign: Campaign, data: CampaignUpdate) -> CampaignCreate:
+    """The campaign as it would be after the edit, as a create body (same validation)."""
+    changes = data.model_dump(exclude_unset=True)
+    if "name" in changes and changes["name"] is None:
+        raise InvalidRequest("name: must not be null", {"field": "name"})
+    current: dict[str, Any] = {
+        "name": campaign.name,
+        "channel": campaign.channel,
+        "contact_list_id": campaign.contact_list_id,
+        "sender_id": campaign.sender_id,
+        "body": campaign.body,
+        "template": campaign.template,
+        "subject": campaign.subject,
+        "scheduled_at": campaign.scheduled_at,
+    }
+    return CampaignCreate.model_validate({**current, **changes})
+
+
+def prepare_edit(
+    session: Session, *, account_id: str, campaign_id: str, data: CampaignUpdate
+) -> tuple[Campaign, PreparedCampaign]:
+    """Checks and price of an edit, reading only (the same checks as a create)."""
+    campaign = get_campaign(session, account_id=account_id, campaign_id=campaign_id)
+    if not lifecycle.allowed(Event.edit, campaign.status):
+        raise Conflict(
+            f"campaign {campaign_id} is {campaign.status}; only draft and scheduled campaigns can be edited",
+            {"status": campaign.status},
+        )
+    merged = edited(campaign, data)
+    if "scheduled_at" not in data.model_fields_set:
+        # An unchanged time is not checked again (it may have just passed).
+        merged = merged.model_copy(update={"scheduled_at": None})
+    return campaign, prepare_campaign(session, account_id=account_id, data=merged)
+
+
+def apply_edit(
+    session: Session, *, campaign: Campaign, data: CampaignUpdate, prepared: PreparedCampaign
+) -> Campaign:
+    """Store an edit and move the credit hold to the new price, in one transaction
+    (InsufficientCredits or a lost race: nothing changes)."""
+    merged = edited(campaign, data)
+    values: dict[str, Any] = {
+        "name": merged.name,
+        "body": merged.body,
+        "template": merged.template.to_cloud_api() if merged.template is not None else None,
+        "subject": (merged.subject or merged.name) if campaign.channel == "email" else merged.subject,
+        "total_recipients": prepared.audience.recipients,
+        "skipped_count": prepared.audience.skipped,
+    }
+    if "scheduled_at" in data.model_fields_set:
+        values["scheduled_at"] = as_utc(merged.scheduled_at) if merged.scheduled_at else None
+    fresh = lifecycle.load(session, campaign.id)
+    if not lifecycle.edit(session, campaign=fresh, values=values):
+        raise Conflict(f"campaign {campaign.id} is no longer editable", {"status": fresh.status})
+    delta = prepared.audience.cost - fresh.credits_reserved
+    if delta > 0:
+        credits.hold(session, account_id=fresh.account_id, campaign_id=fresh.id, amount=delta)
+    elif delta < 0:
+        credits.release(session, account_id=fresh.account_id, campaign_id=fresh.id, amount=-delta)
+    return lifecycle.load(session, campaign.id)
+
+
+# -- reads --
+
+
 def get_campaign(session: Session, *, account_id: str, campaign_id: str) -> Campaign:
     """A campaign of this account, or NotFound."""
     campaign = session.get(Campaign, campaign_id, populate_existing=True)
     if campaign is None or campaign.account_id != account_id:
-        raise NotFound(f"campaign {campaign_id} not found")
-    return campaign
-
-
-def load(session: Session, campaign_id: str) -> Campaign:
-    """A campaign by id whatever its account (pipeline use)."""
-    campaign = session.get(Campaign, campaign_id, populate_existing=True)
-    if campaign is None:
         raise NotFound(f"campaign {campaign_id} not found")
     return campaign
 
@@ -155,6 +198,7 @@ def list_campaigns(
     per_page: int,
     status: str | None = None,
     channel: str | None = None,
+    schedule_id: str | None = None,
 ) -> tuple[list[Campaign], int]:
     """A page of campaigns, newest first, optionally filtered."""
     filters = [col(Campaign.account_id) == account_id]
@@ -162,6 +206,8 @@ def list_campaigns(
         filters.append(col(Campaign.status) == status)
     if channel:
         filters.append(col(Campaign.channel) == channel)
+    if schedule_id:
+        filters.append(col(Campaign.schedule_id) == schedule_id)
     rows = session.exec(
         select(Campaign)
         .where(*filters)
@@ -171,50 +217,6 @@ def list_campaigns(
     ).all()
     total = session.exec(select(func.count()).select_from(Campaign).where(*filters)).one()
     return list(rows), int(total)
-
-
-# Up to this many recipients, counts are computed live on every read (exact, and cheap).
-LIVE_COUNT_LIMIT = 50_000
-
-
-def campaign_counts(session: Session, rows: Sequence[Campaign]) -> dict[str, dict[str, int]]:
-    """Messages per status for each campaign: live for small ones, stored for big ones."""
-    live = [c.id for c in rows if c.total_recipients <= LIVE_COUNT_LIMIT or c.status_counts is None]
-    out = message_counts(session, live)
-    for c in rows:
-        if c.id not in out:
-            out[c.id] = dict(c.status_counts or {})
-    return out
-
-
-def store_counts(session: Session, *, campaign_id: str, counts: dict[str, int]) -> None:
-    """Store messages-per-status counted elsewhere (e.g. on a read-only connection)."""
-    session.execute(
-        update(Campaign)
-        .where(col(Campaign.id) == campaign_id)
-        .values(status_counts=counts, counts_at=utcnow())
-    )
-
-
-def refresh_counts(session: Session, *, campaign_id: str) -> dict[str, int]:
-    """Count and store the current messages-per-status of a campaign."""
-    counts = message_counts(session, [campaign_id])[campaign_id]
-    store_counts(session, campaign_id=campaign_id, counts=counts)
-    return counts
-
-
-def message_counts(session: Session, campaign_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Messages per status for each campaign, in one grouped query."""
-    out: dict[str, dict[str, int]] = {cid: {} for cid in campaign_ids}
-    if campaign_ids:
-        rows = session.exec(
-            select(Message.campaign_id, Message.status, func.count())
-            .where(col(Message.campaign_id).in_(campaign_ids))
-            .group_by(col(Message.campaign_id), col(Message.status))
-        ).all()
-        for campaign_id, status, n in rows:
-            out[campaign_id][status] = int(n)
-    return out
 
 
 def list_messages(
@@ -240,257 +242,3 @@ def list_messages(
     ).all()
     total = session.exec(select(func.count()).select_from(Message).where(*filters)).one()
     return list(rows), int(total)
-
-
-def _transition(session: Session, campaign_id: str, allowed: Sequence[str], **values: Any) -> bool:
-    result = session.execute(
-        update(Campaign)
-        .where(col(Campaign.id) == campaign_id, col(Campaign.status).in_(allowed))
-        .values(**values)
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
-
-
-def cancel_campaign(session: Session, *, account_id: str, campaign_id: str) -> Campaign:
-    """Cancel a campaign that is not final. Unstarted ones are settled (fully released) here;
-    a running one is settled by its flow run or the reconciler once sending has stopped."""
-    campaign = get_campaign(session, account_id=account_id, campaign_id=campaign_id)
-    previous = campaign.status
-    if not _transition(
-        session, campaign_id, OPEN_STATUSES, status=CampaignStatus.cancelled, cancelled_at=utcnow()
-    ):
-        raise Conflict(
-            f"campaign {campaign_id} is {campaign.status} and cannot be cancelled",
-            {"status": campaign.status},
-        )
-    if previous in (CampaignStatus.draft, CampaignStatus.scheduled):
-        finalize_stopped(session, campaign_id=campaign_id, pending_code="cancelled")
-    return get_campaign(session, account_id=account_id, campaign_id=campaign_id)
-
-
-def finalize_stopped(session: Session, *, campaign_id: str, pending_code: str | None) -> None:
-    """After a run stopped for good: resolve in-flight messages, optionally fail pending ones,
-    and settle credits (idempotent)."""
-    now = utcnow()
-    session.execute(
-        update(Message)
-        .where(col(Message.campaign_id) == campaign_id, col(Message.status) == MessageStatus.sending)
-        .values(
-            status=MessageStatus.failed,
-            error_code="outcome_unknown",
-            error_message="the run stopped while this message was in flight; not resent",
-            updated_at=now,
-        )
-    )
-    if pending_code is not None:
-        session.execute(
-            update(Message)
-            .where(col(Message.campaign_id) == campaign_id, col(Message.status) == MessageStatus.pending)
-            .values(
-                status=MessageStatus.failed,
-                error_code=pending_code,
-                error_message=f"not sent: campaign {pending_code}",
-                updated_at=now,
-            )
-        )
-    credits.settle(session, campaign_id=campaign_id)
-    refresh_counts(session, campaign_id=campaign_id)
-
-
-def start_run(session: Session, *, campaign_id: str, flow_run_id: str | None) -> str:
-    """Mark a campaign processing when its run starts; returns the status to act on.
-
-    A failed campaign whose flow run is retried from the Prefect UI is reopened."""
-    now = utcnow()
-    campaign = load(session, campaign_id)
-    values: dict[str, Any] = {"status": CampaignStatus.processing}
-    if campaign.started_at is None:
-        values["started_at"] = now
-    if flow_run_id:
-        values["flow_run_id"] = flow_run_id
-    if _transition(session, campaign_id, (CampaignStatus.draft, CampaignStatus.scheduled), **values):
-        return CampaignStatus.processing
-    if campaign.status == CampaignStatus.failed and _transition(
-        session,
-        campaign_id,
-        (CampaignStatus.failed,),
-        **values,
-        failure_reason=None,
-        settled_at=None,
-        completed_at=None,
-    ):
-        return CampaignStatus.processing
-    return campaign.status
-
-
-def record_flow_run(session: Session, *, campaign_id: str, flow_run_id: str) -> None:
-    """Remember which flow run carries a campaign."""
-    session.execute(update(Campaign).where(col(Campaign.id) == campaign_id).values(flow_run_id=flow_run_id))
-
-
-def release_for_resume(session: Session, *, campaign_id: str, flow_run_id: str) -> bool:
-    """Detach a campaign from a run that stopped without finishing it (worker shutdown or
-    crash), so that the reconciler starts a new run (new idempotency key) that resumes it."""
-    result = session.execute(
-        update(Campaign)
-        .where(
-            col(Campaign.id) == campaign_id,
-            col(Campaign.flow_run_id) == flow_run_id,
-            col(Campaign.status).in_(OPEN_STATUSES),
-        )
-        .values(flow_run_id=None, resume_count=Campaign.resume_count + 1, heartbeat_at=None)
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
-
-
-def resume_or_fail(
-    session: Session, *, campaign_id: str, flow_run_id: str, reason: str, max_resumes: int
-) -> str:
-    """A crashed run: resume the campaign in a new run, or fail it after `max_resumes` tries.
-    Returns "resumed", "failed" or "" (nothing to do: already final or another run)."""
-    campaign = load(session, campaign_id)
-    # Only the run the campaign is attached to counts: another reconciler (or the hook) may have
-    # handled this crash already and detached it.
-    if campaign.status not in OPEN_STATUSES or campaign.flow_run_id != flow_run_id:
-        return ""
-    if campaign.resume_count < max_resumes and release_for_resume(
-        session, campaign_id=campaign_id, flow_run_id=flow_run_id
-    ):
-        return "resumed"
-    return "failed" if fail(session, campaign_id=campaign_id, reason=reason) else ""
-
-
-def beat(session: Session, *, campaign_id: str) -> None:
-    """The running flow is alive."""
-    session.execute(update(Campaign).where(col(Campaign.id) == campaign_id).values(heartbeat_at=utcnow()))
-
-
-def launch_key(campaign: Campaign) -> str:
-    """The idempotency key of the campaign's current flow run."""
-    return campaign.id if campaign.resume_count == 0 else f"{campaign.id}:resume-{campaign.resume_count}"
-
-
-def take_snapshot(session: Session, *, campaign_id: str) -> Campaign:
-    """Freeze the recipients into message rows, once; a re-run keeps the first snapshot."""
-    campaign = load(session, campaign_id)
-    if campaign.snapshot_at is not None:
-        return campaign
-    result = audience.snapshot(
-        session,
-        campaign_id=campaign.id,
-        account_id=campaign.account_id,
-        list_id=campaign.contact_list_id,
-        channel=campaign.channel,
-        body=campaign.body,
-    )
-    return _record_snapshot(session, campaign_id, result)
-
-
-def _record_snapshot(session: Session, campaign_id: str, result: audience.Audience) -> Campaign:
-    session.execute(
-        update(Campaign)
-        .where(col(Campaign.id) == campaign_id)
-        .values(snapshot_at=utcnow(), total_recipients=result.recipients, skipped_count=result.skipped)
-    )
-    return load(session, campaign_id)
-
-
-def take_snapshot_in_batches(engine: Engine, read_engine: Engine, *, campaign_id: str) -> Campaign:
-    """take_snapshot for big lists: recipients are streamed from a read-only session and written
-    in batches of their own transactions, so a million-row snapshot never holds the (SQLite)
-    write lock for long. A run that died mid-snapshot starts it over: nothing is sent before
-    `snapshot_at` is set, so its partial rows can go."""
-    with session_scope(engine) as session:
-        campaign = load(session, campaign_id)
-        if campaign.snapshot_at is not None:
-            return campaign
-        session.execute(delete(Message).where(col(Message.campaign_id) == campaign_id))
-    table = Message.__table__  # type: ignore[attr-defined]
-
-    def write(rows: list[dict[str, Any]]) -> None:
-        with session_scope(engine) as batch_session:
-            batch_session.execute(insert(table), rows)
-
-    with session_scope(read_engine) as reader:
-        result = audience.snapshot(
-            reader,
-            campaign_id=campaign.id,
-            account_id=campaign.account_id,
-            list_id=campaign.contact_list_id,
-            channel=campaign.channel,
-            body=campaign.body,
-            sink=write,
-        )
-    with session_scope(engine) as session:
-        return _record_snapshot(session, campaign_id, result)
-
-
-def adjust_hold(session: Session, *, campaign_id: str) -> int:
-    """Make the campaign's reservation equal the cost of its unpaid messages; returns it.
-
-    Raises InsufficientCredits if the snapshot costs more than the account can cover."""
-    campaign = load(session, campaign_id)
-    total_cost = int(
-        session.exec(
-            select(func.coalesce(func.sum(Message.cost), 0)).where(Message.campaign_id == campaign_id)
-        ).one()
-    )
-    target = max(total_cost - campaign.credits_used, 0)
-    delta = target - campaign.credits_reserved
-    if delta > 0:
-        credits.hold(session, account_id=campaign.account_id, campaign_id=campaign_id, amount=delta)
-    elif delta < 0:
-        credits.release(session, account_id=campaign.account_id, campaign_id=campaign_id, amount=-delta)
-    return target
-
-
-def mark_dispatched(session: Session, *, campaign_id: str) -> bool:
-    """processing → sent: everything handed to the provider, receipts may still arrive."""
-    return _transition(
-        session, campaign_id, (CampaignStatus.processing,), status=CampaignStatus.sent, dispatched_at=utcnow()
-    )
-
-
-def complete(session: Session, *, campaign_id: str) -> bool:
-    """→ completed (every message final) and settle credits, in one transaction."""
-    done = _transition(
-        session,
-        campaign_id,
-        (CampaignStatus.processing, CampaignStatus.sent),
-        status=CampaignStatus.completed,
-        completed_at=utcnow(),
-    )
-    if done:
-        credits.settle(session, campaign_id=campaign_id)
-        refresh_counts(session, campaign_id=campaign_id)
-    return done
-
-
-def fail(session: Session, *, campaign_id: str, reason: str) -> bool:
-    """→ failed with a reason; in-flight messages become outcome_unknown; credits settle.
-
-    Pending messages stay pending so a retry of the flow run can resume them."""
-    done = _transition(
-        session,
-        campaign_id,
-        OPEN_STATUSES,
-        status=CampaignStatus.failed,
-        failure_reason=reason[:2000],
-        completed_at=utcnow(),
-    )
-    if done:
-        finalize_stopped(session, campaign_id=campaign_id, pending_code=None)
-    return done
-
-
-def is_final(status: str) -> bool:
-    """True for completed, failed and cancelled."""
-    return status in FINAL_CAMPAIGN_STATUSES
-
-
-def status_of(session: Session, campaign_id: str) -> str:
-    """The current status, read fresh."""
-    value = session.exec(select(Campaign.status).where(Campaign.id == campaign_id)).first()
-    if value is None:
-        raise NotFound(f"campaign {campaign_id} not found")
-    return value

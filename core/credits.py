@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from core.errors import InsufficientCredits, NotFound, ValidationFailed
 from core.timeutil import utcnow
-from models import Account, Campaign, CreditEntry, CreditKind, Message, MessageStatus
+from models import Account, Campaign, CreditEntry, CreditKind, ErrorCode, Message, MessageStatus
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,10 @@ def release(session: Session, *, account_id: str, campaign_id: str, amount: int)
     _entry(session, account_id, campaign_id, CreditKind.release, amount)
 
 
-# Messages that reached the provider, or may have (outcome unknown), are paid for.
+# Messages that reached the provider, or may have (outcome unknown), are paid for; so are those
+# the provider accepted but never reported on (status_timeout).
 CHARGEABLE = (MessageStatus.sending, MessageStatus.sent, MessageStatus.delivered, MessageStatus.undelivered)
+CHARGEABLE_FAILURES = (ErrorCode.outcome_unknown, ErrorCode.status_timeout)
 
 
 def chargeable_cost(session: Session, campaign_id: str) -> int:
@@ -106,7 +108,11 @@ def chargeable_cost(session: Session, campaign_id: str) -> int:
     charged = session.exec(
         select(func.coalesce(func.sum(Message.cost), 0)).where(
             Message.campaign_id == campaign_id,
-            (col(Message.status).in_(CHARGEABLE)) | (col(Message.error_code) == "outcome_unknown"),
+            (col(Message.status).in_(CHARGEABLE))
+            | (
+                (col(Message.status) == MessageStatus.failed)
+                & col(Message.error_code).in_(CHARGEABLE_FAILURES)
+            ),
         )
     ).one()
     return int(charged)

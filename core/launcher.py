@@ -22,7 +22,21 @@ class Launcher(Protocol):
         ...
 
     async def cancel(self, *, flow_run_id: str) -> None:
-        """Stop the flow run: Cancelled if it has not started, Cancelling if it runs."""
+        """Stop a flow run that has not started (a running one ends itself once its campaign
+        is cancelled)."""
+        ...
+
+    async def pause(self, *, flow_run_id: str) -> None:
+        """Show a flow run that has not started as Suspended (a running one suspends itself)."""
+        ...
+
+    async def resume(self, *, flow_run_id: str, scheduled_at: datetime | None) -> bool:
+        """Resume a suspended flow run (at `scheduled_at` if that is ahead); False if it cannot
+        be resumed any more (then the caller starts a new run)."""
+        ...
+
+    async def reschedule(self, *, flow_run_id: str, scheduled_at: datetime | None) -> None:
+        """Move a flow run that has not started to `scheduled_at` (None: now)."""
         ...
 
     async def healthy(self) -> bool:
@@ -46,6 +60,15 @@ class NullLauncher:
         raise RuntimeError("no orchestrator configured")
 
     async def cancel(self, *, flow_run_id: str) -> None:
+        return None
+
+    async def pause(self, *, flow_run_id: str) -> None:
+        return None
+
+    async def resume(self, *, flow_run_id: str, scheduled_at: datetime | None) -> bool:
+        return True
+
+    async def reschedule(self, *, flow_run_id: str, scheduled_at: datetime | None) -> None:
         return None
 
     async def healthy(self) -> bool:

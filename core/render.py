@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from core.errors import ValidationFailed
@@ -57,6 +58,24 @@ def render(text: str, values: Mapping[str, str]) -> str:
     if "{{" not in text:
         return text
     return PLACEHOLDER.sub(lambda m: values.get(m.group(1), ""), text)
+
+
+def template_texts(template: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """The text parameters of a WhatsApp template (the only parts that take placeholders)."""
+    components = template.get("components") or []
+    for component in components if isinstance(components, list) else []:
+        parameters = component.get("parameters") if isinstance(component, dict) else None
+        for parameter in parameters if isinstance(parameters, list) else []:
+            if isinstance(parameter, dict) and isinstance(parameter.get("text"), str):
+                yield parameter
+
+
+def render_template(template: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of the template with its text parameters personalized."""
+    rendered = copy.deepcopy(dict(template))
+    for parameter in template_texts(rendered):
+        parameter["text"] = render(parameter["text"], values)
+    return rendered
 
 
 def is_gsm7(text: str) -> bool:

@@ -109,12 +109,14 @@ class Settings(BaseSettings):
     runner_limit: int = 8
     # Flow-run heartbeats; a run silent for 3 periods is marked Crashed (zombie automation).
     heartbeat_s: int = Field(default=30, ge=30)
-    # A running campaign whose flow has not written its heartbeat for this long is dead.
-    stale_after_s: float = 60.0
+    # A running campaign whose flow has not written its heartbeat (every 5 s) for this long is
+    # dead: its run is crashed and resumed.
+    stale_after_s: float = 30.0
     # How many times a crashed run is resumed automatically before the campaign fails.
     max_resumes: int = 3
-    # Hold a Prefect global concurrency slot per (channel, sender) while a chunk sends through a
-    # real provider, so that several workers together respect the provider's limits.
+    # A campaign sending through a real provider holds the sender's slot (a lease in the app
+    # database, core/slots.py), so that campaigns on several workers sharing a sender take turns
+    # and together respect the provider's limits.
     global_limits: bool = True
 
     api: ApiSettings = ApiSettings()

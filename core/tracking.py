@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, delete, func, or_, select, update
 from sqlmodel import Session, col
 
 from channels.base import Channel, StatusUpdate
-from core.db import session_scope
+from core.db import in_session, session_scope
 from core.timeutil import utcnow
-from models import Message, MessageStatus, StatusEvent
-from models.enums import MESSAGE_STATUS_RANK
+from models import Campaign, ErrorCode, Message, MessageStatus, StatusEvent
+from models.enums import FINAL_CAMPAIGN_STATUSES, MESSAGE_STATUS_RANK
 
 POLL_BATCH = 1000
 POLL_CONCURRENCY = 32
@@ -166,6 +167,39 @@ async def poll_once(engine: Engine, channel: Channel, campaign_id: str) -> int:
             resolved += await asyncio.to_thread(_apply, updates)
 
 
+def _campaign_status(session: Session, campaign_id: str) -> str | None:
+    return session.execute(select(col(Campaign.status)).where(col(Campaign.id) == campaign_id)).scalar()
+
+
+async def await_final(
+    engine: Engine,
+    channel: Channel,
+    campaign_id: str,
+    *,
+    dispatched_at: datetime,
+    timeout_s: float,
+    poll_interval_s: float,
+) -> dict[str, int]:
+    """Poll the provider until every message is final, the campaign ends, or `timeout_s` after
+    `dispatched_at` passes; what is still not final then fails with status_timeout."""
+    deadline = dispatched_at.timestamp() + timeout_s
+    polls = 0
+    while True:
+        remaining = await in_session(engine, nonfinal_count, campaign_id)
+        if (
+            remaining == 0
+            or await in_session(engine, _campaign_status, campaign_id) in FINAL_CAMPAIGN_STATUSES
+        ):
+            return {"polls": polls, "expired": 0}
+        if time.time() >= deadline:
+            return {"polls": polls, "expired": await in_session(engine, expire, campaign_id=campaign_id)}
+        await in_session(engine, replay_events, campaign_id=campaign_id)
+        await poll_once(engine, channel, campaign_id)
+        polls += 1
+        if await in_session(engine, nonfinal_count, campaign_id):
+            await asyncio.sleep(poll_interval_s)
+
+
 def expire(session: Session, *, campaign_id: str) -> int:
     """Fail what is still not final after the receipt timeout (error_code status_timeout)."""
     result = session.execute(
@@ -176,7 +210,7 @@ def expire(session: Session, *, campaign_id: str) -> int:
         )
         .values(
             status=MessageStatus.failed,
-            error_code="status_timeout",
+            error_code=ErrorCode.status_timeout,
             error_message="no final status from the provider before the timeout",
             updated_at=utcnow(),
         )

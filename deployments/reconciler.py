@@ -1,9 +1,11 @@
-"""The reconciler: the Prefect flow-run state is the source of truth for campaign status.
+"""The reconciler: the Prefect flow-run state is the source of truth for a campaign's run.
 
 Hooks are the fast path; this loop covers what hooks cannot: a runner killed together with its
 flow (no hook runs, the run stays Running or is later marked Crashed), a scheduled run cancelled
 in the UI (no hook), a flow run that could not be created when the campaign was (Prefect down),
-and a run that a worker shutdown stopped (relaunched to resume)."""
+a run that a worker shutdown stopped (relaunched to resume), a resume whose Prefect call was
+lost, and sender slots or settlements a dead process left behind. What becomes of a campaign is
+decided by `core.lifecycle`; this module only observes and reports."""
 
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from core import campaigns
-from core.db import get_engine, run_in_session
+from core import ledger, lifecycle, slots
+from core.db import get_engine, in_session
 from core.launcher import Launcher
+from core.lifecycle import RunEnd
 from core.settings import Settings
 from core.timeutil import as_utc, utcnow
 from flows.hooks import stopped_by_shutdown
@@ -26,6 +29,9 @@ from models import Campaign, CampaignStatus
 
 log = logging.getLogger("campaigns.reconciler")
 LAUNCH_GRACE = timedelta(seconds=10)
+LOST_RESUME = timedelta(seconds=15)
+BATCH = 5000
+S = CampaignStatus
 
 
 @dataclass
@@ -36,16 +42,24 @@ class ReconcileReport:
     cancelled: list[str] = field(default_factory=list)
     settled: list[str] = field(default_factory=list)
 
+    def add(self, outcome: str, campaign_id: str) -> None:
+        """File a lifecycle.run_ended outcome."""
+        target = {"resumed": self.resumed, "failed": self.failed, "cancelled": self.cancelled}.get(outcome)
+        if target is not None:
+            target.append(campaign_id)
 
-def _open_campaigns(session: Session) -> list[Campaign]:
+
+def _watched(session: Session) -> list[Campaign]:
+    """Open campaigns, and stopped ones whose credits are not settled yet, least recent first."""
     return list(
         session.exec(
             select(Campaign)
             .where(
-                col(Campaign.status).in_(campaigns.OPEN_STATUSES)
-                | ((col(Campaign.status) == CampaignStatus.cancelled) & col(Campaign.settled_at).is_(None))
+                col(Campaign.status).in_(lifecycle.OPEN_STATUSES)
+                | (col(Campaign.status).in_([S.cancelled, S.failed]) & col(Campaign.settled_at).is_(None))
             )
-            .limit(5000)
+            .order_by(col(Campaign.created_at))
+            .limit(BATCH)
         ).all()
     )
 
@@ -74,52 +88,57 @@ async def _flow_run_states(ids: list[str]) -> dict[str, Any]:
 
 
 async def reconcile_once(settings: Settings, launcher: Launcher) -> ReconcileReport:
-    """One pass over the campaigns that are not final (and cancelled ones not yet settled)."""
+    """One pass over the campaigns that are not final (and stopped ones not yet settled)."""
     engine = get_engine(settings)
     report = ReconcileReport()
-
-    def _tx(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return run_in_session(engine, fn, *args, **kwargs)
-
-    rows: list[Campaign] = await asyncio.to_thread(_tx, _open_campaigns)
+    rows: list[Campaign] = await in_session(engine, _watched)
     now = utcnow()
     for campaign in rows:
         if (
             campaign.flow_run_id is None
-            and campaign.status in campaigns.OPEN_STATUSES
+            and campaign.status in lifecycle.RUNNABLE
             # A new campaign's own request is still creating its run; a resumed one waits for us.
             and (campaign.resume_count > 0 or as_utc(campaign.created_at) < now - LAUNCH_GRACE)
         ):
-            try:
-                run_id = await launcher.launch(
-                    campaign_id=campaign.id,
-                    account_id=campaign.account_id,
-                    channel=campaign.channel,
-                    scheduled_at=campaign.scheduled_at,
-                    key=campaigns.launch_key(campaign),
-                )
-            except Exception as exc:
-                log.warning("could not launch %s yet: %s", campaign.id, exc)
-                continue
-            await asyncio.to_thread(
-                _tx, campaigns.record_flow_run, campaign_id=campaign.id, flow_run_id=run_id
-            )
-            report.launched.append(campaign.id)
-
-    tracked = [c for c in rows if c.flow_run_id]
-    states = await _flow_run_states([c.flow_run_id for c in tracked if c.flow_run_id]) if tracked else {}
+            await _launch(engine, launcher, campaign, report)
+    tracked = [c for c in rows if c.flow_run_id and not lifecycle.is_final(c.status)]
+    states = await _flow_run_states([str(c.flow_run_id) for c in tracked]) if tracked else {}
     for campaign in tracked:
         state = states.get(str(campaign.flow_run_id))
-        if state is None:
-            continue
-        await _apply(campaign, state, settings, _tx, report)
+        if state is not None:
+            await _apply(engine, launcher, campaign, state, settings, report)
     for campaign in rows:
-        if campaign.status == CampaignStatus.cancelled and campaign.flow_run_id is None:
-            await asyncio.to_thread(
-                _tx, campaigns.finalize_stopped, campaign_id=campaign.id, pending_code="cancelled"
-            )
-            report.settled.append(campaign.id)
+        if campaign.status in (S.cancelled, S.failed) or (
+            await in_session(engine, lifecycle.status_of, campaign.id) in (S.cancelled, S.failed)
+        ):
+            code = "cancelled" if campaign.status == S.cancelled else None
+            if await in_session(engine, _settle_stopped, campaign.id, code):
+                report.settled.append(campaign.id)
+    await in_session(engine, slots.reap_expired)
     return report
+
+
+def _settle_stopped(session: Session, campaign_id: str, pending_code: str | None) -> bool:
+    campaign = lifecycle.load(session, campaign_id)
+    if campaign.settled_at is not None:
+        return False
+    return ledger.finalize_stopped(session, campaign_id=campaign_id, pending_code=pending_code)
+
+
+async def _launch(engine: Any, launcher: Launcher, campaign: Campaign, report: ReconcileReport) -> None:
+    try:
+        run_id = await launcher.launch(
+            campaign_id=campaign.id,
+            account_id=campaign.account_id,
+            channel=campaign.channel,
+            scheduled_at=campaign.scheduled_at,
+            key=lifecycle.launch_key(campaign),
+        )
+    except Exception as exc:
+        log.warning("could not launch %s yet: %s", campaign.id, exc)
+        return
+    await in_session(engine, lifecycle.record_flow_run, campaign_id=campaign.id, flow_run_id=run_id)
+    report.launched.append(campaign.id)
 
 
 async def _crash_run(flow_run_id: str, message: str) -> None:
@@ -138,56 +157,51 @@ def _is_silent(campaign: Campaign, state: Any, settings: Settings) -> bool:
     return (utcnow() - last).total_seconds() > settings.stale_after_s
 
 
+def _older(state: Any, age: timedelta) -> bool:
+    return utcnow() - as_utc(state.timestamp) > age
+
+
+def _run_end(kind: str, state: Any) -> RunEnd | None:
+    if kind == "CANCELLED":
+        return RunEnd.shutdown if stopped_by_shutdown(state) else RunEnd.cancelled
+    if kind == "FAILED" and "paused and never resumed" in str(state.message or ""):
+        return RunEnd.pause_expired
+    return {"CRASHED": RunEnd.crashed, "FAILED": RunEnd.failed, "COMPLETED": RunEnd.completed}.get(kind)
+
+
 async def _apply(
-    campaign: Campaign, state: Any, settings: Settings, _tx: Any, report: ReconcileReport
+    engine: Any,
+    launcher: Launcher,
+    campaign: Campaign,
+    state: Any,
+    settings: Settings,
+    report: ReconcileReport,
 ) -> None:
     kind = state.type.value
-    open_ = campaign.status in campaigns.OPEN_STATUSES
     run_id = str(campaign.flow_run_id)
-    if kind == "RUNNING" and open_ and _is_silent(campaign, state, settings):
+    if kind == "RUNNING" and campaign.status != S.paused and _is_silent(campaign, state, settings):
         message = f"no heartbeat from the flow for {settings.stale_after_s:.0f} s (worker killed?)"
         await _crash_run(run_id, message)
-        kind, state = "CRASHED", type("S", (), {"name": "Crashed", "message": message})()
-    if kind == "CRASHED" and open_:
-        outcome = await asyncio.to_thread(
-            _tx,
-            campaigns.resume_or_fail,
-            campaign_id=campaign.id,
-            flow_run_id=run_id,
-            reason=f"Crashed: {state.message or 'flow run crashed'}",
-            max_resumes=settings.max_resumes,
-        )
-        {"resumed": report.resumed, "failed": report.failed}.get(outcome, []).append(campaign.id)
-    elif kind == "FAILED" and open_:
-        reason = f"{state.name}: {state.message or 'flow run failed'}"
-        if await asyncio.to_thread(_tx, campaigns.fail, campaign_id=campaign.id, reason=reason):
-            report.failed.append(campaign.id)
-    elif kind == "CANCELLED" and open_:
-        if stopped_by_shutdown(state):
-            # A worker stopped cleanly: another run picks the campaign up where it stopped.
-            if await asyncio.to_thread(
-                _tx, campaigns.release_for_resume, campaign_id=campaign.id, flow_run_id=run_id
-            ):
-                report.resumed.append(campaign.id)
-            return
-        await asyncio.to_thread(
-            _tx, campaigns.cancel_campaign, account_id=campaign.account_id, campaign_id=campaign.id
-        )
-        report.cancelled.append(campaign.id)
-    elif kind == "COMPLETED" and campaign.status in (CampaignStatus.processing, CampaignStatus.sent):
-        # The run ended without completing the campaign (it must not, but never hang).
-        reason = "flow run completed before the campaign did"
-        if await asyncio.to_thread(_tx, campaigns.fail, campaign_id=campaign.id, reason=reason):
-            report.failed.append(campaign.id)
-    final_run = kind in ("CRASHED", "FAILED", "CANCELLED", "COMPLETED")
-    if (
-        final_run
-        and await asyncio.to_thread(_tx, campaigns.status_of, campaign.id) == CampaignStatus.cancelled
-    ):
-        await asyncio.to_thread(
-            _tx, campaigns.finalize_stopped, campaign_id=campaign.id, pending_code="cancelled"
-        )
-        report.settled.append(campaign.id)
+        kind = "CRASHED"
+    if kind == "PAUSED" and campaign.status in (S.processing, S.scheduled) and _older(state, LOST_RESUME):
+        # Resumed through an API process that could not reach Prefect: resume the run now (a
+        # fresh Suspend from the UI is mirrored into the campaign within a second, not this).
+        if not await launcher.resume(flow_run_id=run_id, scheduled_at=campaign.scheduled_at):
+            await in_session(engine, lifecycle.detach, campaign_id=campaign.id, flow_run_id=run_id)
+        report.resumed.append(campaign.id)
+        return
+    end = _run_end(kind, state)
+    if end is None:
+        return
+    outcome = await in_session(
+        engine,
+        lifecycle.run_ended,
+        campaign_id=campaign.id,
+        flow_run_id=run_id,
+        end=end,
+        max_resumes=settings.max_resumes,
+    )
+    report.add(outcome, campaign.id)
 
 
 async def reconcile_forever(settings: Settings, launcher: Launcher) -> None:

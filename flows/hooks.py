@@ -1,8 +1,9 @@
 """Flow-run state hooks: the fast path that mirrors a run's end into its campaign.
 
-They run outside the run context (the runner process for crashes), so they only take the
-campaign id from the run's parameters and call idempotent core functions. The reconciler
-covers the cases where no hook runs at all (runner and flow killed together)."""
+They run outside the run context (in the runner process for crashes and cancellations), take
+the campaign id from the run's parameters and hand the end to `lifecycle.run_ended`, which
+decides. The reconciler covers the cases where no hook runs at all (runner and flow killed
+together)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from prefect import Flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import State
 
-from core import campaigns
+from core import ledger, lifecycle
 from core.db import get_engine, session_scope
+from core.lifecycle import RunEnd
 from core.settings import get_settings
-from models import CampaignStatus
 
 log = logging.getLogger("campaigns.hooks")
 
@@ -27,52 +28,42 @@ def stopped_by_shutdown(state: Any) -> bool:
     return "shutting down" in str(state.message or "").lower()
 
 
-def _campaign_id(flow_run: Any) -> str | None:
-    value = (flow_run.parameters or {}).get("campaign_id")
-    return str(value) if value else None
+def _end(flow_run: FlowRun, end: RunEnd, *, process_gone: bool) -> None:
+    campaign_id = (flow_run.parameters or {}).get("campaign_id")
+    if not campaign_id:
+        return
+    settings = get_settings()
+    with session_scope(get_engine(settings)) as session:
+        if process_gone:  # the runner saw the process exit: its leases end now, not in 20 s
+            ledger.end_attempts_of_run(session, flow_run_id=str(flow_run.id))
+        outcome = lifecycle.run_ended(
+            session,
+            campaign_id=str(campaign_id),
+            flow_run_id=str(flow_run.id),
+            end=end,
+            max_resumes=settings.max_resumes,
+        )
+        if lifecycle.status_of(session, str(campaign_id)) == "cancelled":
+            ledger.finalize_stopped(session, campaign_id=str(campaign_id), pending_code="cancelled")
+    log.info("campaign %s after its run ended %s: %s", campaign_id, end.value, outcome or "unchanged")
 
 
 def mark_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """Failed or Crashed run → campaign failed with the state's message; credits settle."""
-    campaign_id = _campaign_id(flow_run)
-    if campaign_id is None:
-        return
-    reason = f"{state.name}: {state.message or 'flow run ended without a message'}"
-    settings = get_settings()
-    with session_scope(get_engine(settings)) as session:
-        if state.is_crashed():
-            # The process died (killed, out of memory): resume in a new run, a few times.
-            outcome = campaigns.resume_or_fail(
-                session,
-                campaign_id=campaign_id,
-                flow_run_id=str(flow_run.id),
-                reason=reason,
-                max_resumes=settings.max_resumes,
-            )
-            log.info("campaign %s after a crash: %s", campaign_id, outcome or "unchanged")
-        elif campaigns.fail(session, campaign_id=campaign_id, reason=reason):
-            log.info("campaign %s failed: %s", campaign_id, reason)
+    """Failed run → campaign failed (with a reason meant for the account; the raw error is in
+    the run's logs), unless the run already ended the campaign itself."""
+    log.warning("flow run %s failed: %s", flow_run.id, state.message)
+    _end(flow_run, RunEnd.failed, process_gone=False)
+
+
+def mark_crashed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """Crashed run (process killed, out of memory) → resumed in a new run, a few times."""
+    log.warning("flow run %s crashed: %s", flow_run.id, state.message)
+    _end(flow_run, RunEnd.crashed, process_gone=True)
 
 
 def mark_cancelled(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """Cancelled from the UI or the API → campaign cancelled; unsent credits released.
-
-    A worker shutting down cancels its runs too ("Runner is shutting down."): that campaign is
-    not cancelled but handed back for a new run, which resumes where this one stopped."""
-    campaign_id = _campaign_id(flow_run)
-    if campaign_id is None:
-        return
-    with session_scope(get_engine(get_settings())) as session:
-        status = campaigns.status_of(session, campaign_id)
-        if stopped_by_shutdown(state) and status in campaigns.OPEN_STATUSES:
-            campaigns.release_for_resume(session, campaign_id=campaign_id, flow_run_id=str(flow_run.id))
-            log.info("campaign %s handed back for resumption after a worker shutdown", campaign_id)
-            return
-        if status in campaigns.OPEN_STATUSES:
-            campaigns.cancel_campaign(
-                session,
-                account_id=campaigns.load(session, campaign_id).account_id,
-                campaign_id=campaign_id,
-            )
-        if campaigns.status_of(session, campaign_id) == CampaignStatus.cancelled:
-            campaigns.finalize_stopped(session, campaign_id=campaign_id, pending_code="cancelled")
+    """Cancelled from the UI → campaign cancelled; unsent credits released. A worker shutting
+    down cancels its runs too ("Runner is shutting down."): that campaign is handed back for a
+    new run, which resumes where this one stopped."""
+    end = RunEnd.shutdown if stopped_by_shutdown(state) else RunEnd.cancelled
+    _end(flow_run, end, process_gone=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from core import accounts, campaigns
+from core import accounts, campaigns, lifecycle
 from core.db import get_engine, session_scope
 from core.errors import NotFound
 from core.settings import get_settings
@@ -30,7 +30,7 @@ def _create(account_id: str, data: CampaignCreate) -> dict[str, Any]:
 
 def _record(campaign_id: str, flow_run_id: str) -> None:
     with session_scope(get_engine(get_settings())) as session:
-        campaigns.record_flow_run(session, campaign_id=campaign_id, flow_run_id=flow_run_id)
+        lifecycle.record_flow_run(session, campaign_id=campaign_id, flow_run_id=flow_run_id)
 
 
 @flow(name="launch-campaign", log_prints=True, persist_result=False)
@@ -65,7 +65,6 @@ async def launch_campaign(
         account_id=account_id,
         channel=created["channel"],
         scheduled_at=created["scheduled_at"],
-        as_subflow=True,
     )
     await asyncio.to_thread(_record, created["id"], flow_run_id)
     logger.info("campaign %s created; flow run %s", created["id"], flow_run_id)

@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
-from uuid import UUID
+from typing import Any
+from uuid import UUID, uuid4
 
-from core.timeutil import as_utc
+from core.timeutil import as_utc, utcnow
 
 log = logging.getLogger("campaigns.launcher")
 SEND_DEPLOYMENT = "send-campaign/default"
 CANCEL_MESSAGE = "cancelled through the campaigns API"
+PAUSE_MESSAGE = "campaign paused through the campaigns API"
+
+
+def _not_started() -> tuple[Any, ...]:
+    from prefect.client.schemas.objects import StateType
+
+    return (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED)
 
 
 class PrefectLauncher:
@@ -60,26 +68,89 @@ class PrefectLauncher:
 
         return str(await self._retry(f"creating the flow run of {campaign_id}", _create))
 
+    async def _state_type(self, client: Any, flow_run_id: str) -> Any:
+        flow_run = await client.read_flow_run(UUID(flow_run_id))
+        return flow_run.state.type if flow_run.state else None
+
     async def cancel(self, *, flow_run_id: str) -> None:
-        """Cancel a flow run: straight to Cancelled before it runs, Cancelling while it runs."""
+        """A run that has not started (or is suspended) becomes Cancelled. A running one is left
+        to end itself: its senders stop within a fraction of a second and it finishes what was
+        in flight (cancelling it in Prefect would kill its process mid-request)."""
         from prefect import get_client
-        from prefect.client.schemas.objects import StateType
-        from prefect.states import Cancelled, Cancelling
+        from prefect.states import Cancelled
 
         async def _cancel() -> None:
             async with get_client() as client:
-                flow_run = await client.read_flow_run(UUID(flow_run_id))
-                state_type = flow_run.state.type if flow_run.state else None
-                if state_type in (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED):
+                if await self._state_type(client, flow_run_id) in _not_started():
                     await client.set_flow_run_state(
-                        UUID(flow_run_id),
-                        Cancelled(message=CANCEL_MESSAGE),
-                        force=True,
+                        UUID(flow_run_id), Cancelled(message=CANCEL_MESSAGE), force=True
                     )
-                elif state_type == StateType.RUNNING:
-                    await client.set_flow_run_state(UUID(flow_run_id), Cancelling(message=CANCEL_MESSAGE))
 
         await self._retry(f"cancelling flow run {flow_run_id}", _cancel)
+
+    async def pause(self, *, flow_run_id: str) -> None:
+        """A run that has not started is shown Suspended (no timeout) until it is resumed."""
+        from prefect import get_client
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Suspended
+
+        async def _pause() -> None:
+            async with get_client() as client:
+                if await self._state_type(client, flow_run_id) in (StateType.SCHEDULED, StateType.PENDING):
+                    await client.set_flow_run_state(
+                        UUID(flow_run_id),
+                        Suspended(message=PAUSE_MESSAGE, pause_key=str(uuid4())),
+                        force=True,
+                    )
+
+        await self._retry(f"pausing flow run {flow_run_id}", _pause)
+
+    async def resume(self, *, flow_run_id: str, scheduled_at: datetime | None) -> bool:
+        """Resume a paused run: as Prefect's Resume does, or straight to its scheduled time when
+        that is ahead. False when Prefect will not resume it (timed out, final)."""
+        from prefect import get_client
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.responses import SetStateStatus
+        from prefect.states import Scheduled
+
+        async def _resume() -> bool:
+            async with get_client() as client:
+                flow_run = await client.read_flow_run(UUID(flow_run_id))
+                state = flow_run.state
+                if state is None or state.is_final():
+                    return False
+                if state.type != StateType.PAUSED:
+                    return True  # still running: it notices the resume itself
+                if scheduled_at is not None and as_utc(scheduled_at) > utcnow():
+                    await client.set_flow_run_state(
+                        UUID(flow_run_id), Scheduled(scheduled_time=as_utc(scheduled_at)), force=True
+                    )
+                    return True
+                result = await client.resume_flow_run(UUID(flow_run_id))
+                if result.status == SetStateStatus.ACCEPT:
+                    return True
+                # Resumed by someone else meanwhile (fine), or failed: its pause timed out.
+                fresh = (await client.read_flow_run(UUID(flow_run_id))).state
+                return fresh is not None and not fresh.is_final() and fresh.type != StateType.PAUSED
+
+        return bool(await self._retry(f"resuming flow run {flow_run_id}", _resume))
+
+    async def reschedule(self, *, flow_run_id: str, scheduled_at: datetime | None) -> None:
+        """Move a run that has not started to its new time (None: now)."""
+        from prefect import get_client
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Scheduled
+
+        when = as_utc(scheduled_at) if scheduled_at else utcnow()
+
+        async def _move() -> None:
+            async with get_client() as client:
+                if await self._state_type(client, flow_run_id) == StateType.SCHEDULED:
+                    await client.set_flow_run_state(
+                        UUID(flow_run_id), Scheduled(scheduled_time=when), force=True
+                    )
+
+        await self._retry(f"rescheduling flow run {flow_run_id}", _move)
 
     async def healthy(self) -> bool:
         """True if the Prefect API answers its health check."""

@@ -2,29 +2,31 @@
 
 Reads top to bottom: start → wait for scheduled_at → snapshot recipients → hold credits →
 chunks → send chunks (bounded concurrency, progress artifact) → dispatched → await receipts →
-settle → summary. Every step is idempotent, so a re-run resumes where the last run stopped.
+settle → summary. Every step is idempotent, so a re-run resumes where the last run stopped; a
+pause stops sending and suspends the run (see flows/control.py), and its resume runs it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    acreate_progress_artifact,
-    acreate_table_artifact,
-    aupdate_progress_artifact,
-)
-from prefect.context import get_run_context
+from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
+from prefect.states import Cancelled, Failed
 
-from core import campaigns
+from channels.base import ProviderConfigError
+from core import counts, ledger, lifecycle, slots
 from core.db import get_engine, get_read_engine, in_session, run_in_session
 from core.errors import InsufficientCredits
-from core.settings import get_settings
+from core.lifecycle import FailureReason
+from core.settings import Settings, get_settings
 from core.timeutil import as_utc, utcnow
-from flows.hooks import mark_cancelled, mark_failed
-from flows.send_chunk import chunk_run_size, run_chunks_as_flow_runs
+from flows import control
+from flows.hooks import mark_cancelled, mark_crashed, mark_failed
+from flows.send_chunk import ChunkRunFailed, chunk_run_size, run_chunks_as_flow_runs
 from models import CampaignStatus
 from tasks.campaign_tasks import (
     await_final_statuses,
@@ -34,70 +36,56 @@ from tasks.campaign_tasks import (
     send_chunk,
     settle_credits,
 )
-from tasks.limits import provider_slot
 
-SCHEDULE_CHECK_S = 5.0
+SCHEDULE_CHECK_S = 1.0
 HEARTBEAT_S = 5.0
 COUNTS_S = 1.0
+# A pass of a run suspended in the Prefect UI is abandoned once none of its senders has been
+# alive for this long (Prefect holds its next task runs back until it is resumed).
+STOP_GRACE_S = 3.0
+DISPATCH_PASSES = 3
+S = CampaignStatus
+log = logging.getLogger("campaigns.flow")
 
 
-async def _db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+async def _db(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
     return await in_session(get_engine(get_settings()), fn, *args, **kwargs)
 
 
-async def _read(fn: Any, *args: Any, **kwargs: Any) -> Any:
+async def _read(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
     return await in_session(get_read_engine(get_settings()), fn, *args, **kwargs)
 
 
-def _flow_run_id() -> str | None:
-    try:
-        return str(get_run_context().flow_run.id)  # type: ignore[union-attr]
-    except Exception:
-        return None
-
-
-async def _wait_for_schedule(campaign_id: str) -> bool:
-    """Sleep until scheduled_at (runners start runs up to 10 s early); False if it was
-    cancelled meanwhile (a failed campaign may be retried, so it does not stop here)."""
-    while True:
-        campaign = await _db(campaigns.load, campaign_id)
-        if campaign.status in (CampaignStatus.cancelled, CampaignStatus.completed):
-            return False
-        if campaign.scheduled_at is None:
-            return True
-        wait = (as_utc(campaign.scheduled_at) - utcnow()).total_seconds()
-        if wait <= 0:
-            return True
-        await asyncio.sleep(min(wait, SCHEDULE_CHECK_S))
-
-
-async def _heartbeat(campaign_id: str) -> None:
-    """Tell the reconciler this run is alive (it resumes campaigns whose runs went silent), and
-    keep the stored counts of a big campaign fresh (its GETs read them instead of counting)."""
+async def _heartbeat(campaign_id: str, suspended: asyncio.Event) -> None:
+    """Tell the reconciler this run is alive, keep the stored counts of a big campaign fresh
+    (its GETs read them instead of counting), and notice a Suspend pressed in the Prefect UI."""
+    run_id = control.own_run_id()
     beats = 0
     while True:
         try:
             if beats % round(HEARTBEAT_S / COUNTS_S) == 0:
-                await _db(campaigns.beat, campaign_id=campaign_id)
-            if (await _read(campaigns.load, campaign_id)).total_recipients > campaigns.LIVE_COUNT_LIMIT:
+                await _db(lifecycle.beat, campaign_id=campaign_id)
+            if (await _read(lifecycle.load, campaign_id)).total_recipients > counts.LIVE_COUNT_LIMIT:
                 # Count on a reader (no write lock held while counting), store in a short write.
-                counts = (await _read(campaigns.message_counts, [campaign_id]))[campaign_id]
-                await _db(campaigns.store_counts, campaign_id=campaign_id, counts=counts)
+                found = (await _read(counts.message_counts, [campaign_id]))[campaign_id]
+                await _db(counts.store_counts, campaign_id=campaign_id, counts=found)
+            if run_id is not None and await control.mirror_prefect_pause(campaign_id, run_id):
+                suspended.set()
         except Exception as exc:  # a missed beat is not worth failing the campaign for
-            get_run_logger().warning("heartbeat of %s not written: %s", campaign_id, exc)
+            log.warning("heartbeat of %s not written: %s", campaign_id, exc)
         beats += 1
         await asyncio.sleep(COUNTS_S)
 
 
 def _summary_rows(campaign_id: str) -> list[dict[str, Any]]:
     def _rows(session: Any) -> list[dict[str, Any]]:
-        campaign = campaigns.load(session, campaign_id)
-        counts = campaigns.message_counts(session, [campaign_id])[campaign_id]
+        campaign = lifecycle.load(session, campaign_id)
+        found = counts.message_counts(session, [campaign_id])[campaign_id]
         return [
             {"metric": "status", "value": campaign.status},
             {"metric": "total_recipients", "value": campaign.total_recipients},
-            {"metric": "delivered", "value": counts.get("delivered", 0)},
-            {"metric": "failed", "value": counts.get("failed", 0) + counts.get("undelivered", 0)},
+            {"metric": "delivered", "value": found.get("delivered", 0)},
+            {"metric": "failed", "value": found.get("failed", 0) + found.get("undelivered", 0)},
             {"metric": "skipped", "value": campaign.skipped_count},
             {"metric": "credits_used", "value": campaign.credits_used},
         ]
@@ -109,103 +97,217 @@ def _summary_rows(campaign_id: str) -> list[dict[str, Any]]:
     name="send-campaign",
     flow_run_name="{campaign_id}",
     on_failure=[mark_failed],
-    on_crashed=[mark_failed],
+    on_crashed=[mark_crashed],
     on_cancellation=[mark_cancelled],
     log_prints=True,
     persist_result=False,
 )
-async def send_campaign(campaign_id: str) -> dict[str, Any]:
+async def send_campaign(campaign_id: str) -> Any:
     """Send a campaign to every recipient and see each message to a final status."""
-    heartbeat = asyncio.create_task(_heartbeat(campaign_id))
+    suspended = asyncio.Event()  # the run was suspended in the Prefect UI
+    heartbeat = asyncio.create_task(_heartbeat(campaign_id, suspended))
     try:
-        return await _send_campaign(campaign_id)
+        while True:
+            status = await _unless_suspended(campaign_id, suspended)
+            if status != S.paused:
+                return _final_state(campaign_id, status)
+            await control.hold_paused(campaign_id)  # suspends (exits) or returns once resumed
+            suspended.clear()
     finally:
         heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
 
 
-async def _send_campaign(campaign_id: str) -> dict[str, Any]:
+async def _unless_suspended(campaign_id: str, suspended: asyncio.Event) -> str:
+    """One pass from the top. Prefect holds back every task run of a suspended run, so a pass
+    that waits for one never ends by itself: once the run is suspended in the UI and none of its
+    senders is alive any more, the pass is abandoned (every step is idempotent)."""
+    work = asyncio.create_task(_run_once(campaign_id))
+    idle_since: float | None = None
+    while True:
+        await asyncio.wait({work}, timeout=1.0)
+        if work.done():
+            return work.result()
+        if not suspended.is_set():
+            idle_since = None
+            continue
+        if await _db(_run_has_live_attempts, campaign_id=campaign_id, run_id=control.own_run_id()):
+            idle_since = None
+            continue
+        now = asyncio.get_running_loop().time()
+        idle_since = idle_since or now
+        if now - idle_since >= STOP_GRACE_S and await control.is_paused_in_prefect():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            return str(await _db(lifecycle.status_of, campaign_id))
+
+
+def _final_state(campaign_id: str, status: str) -> Any:
+    result = {"campaign_id": campaign_id, "status": status}
+    if status == S.cancelled:
+        return Cancelled(message=f"campaign {campaign_id} cancelled", data=result)
+    if status == S.failed:
+        return Failed(message=f"campaign {campaign_id} failed", data=result)
+    return result
+
+
+async def _run_once(campaign_id: str) -> str:
+    """One pass from the top; returns the campaign's status when the pass stops."""
     logger = get_run_logger()
     settings = get_settings()
-    # The campaign stays `scheduled` while the run waits for its time (runners start early).
-    if not await _wait_for_schedule(campaign_id):
-        return {"campaign_id": campaign_id, "status": await _db(campaigns.status_of, campaign_id)}
-    status = await _db(campaigns.start_run, campaign_id=campaign_id, flow_run_id=_flow_run_id())
-    if status not in (CampaignStatus.processing, CampaignStatus.sent):
-        logger.info("campaign %s is %s: nothing to send", campaign_id, status)
-        return {"campaign_id": campaign_id, "status": status}
-
+    status = await _db(lifecycle.start, campaign_id=campaign_id, flow_run_id=control.own_run_id())
+    if status == S.paused:
+        status = await control.settle_start(campaign_id)
+    if status in (S.draft, S.scheduled):
+        status = await _wait_until_due(campaign_id)
+    if status not in (S.processing, S.sent):
+        return status
     audience = await resolve_recipients(campaign_id)
-    logger.info(
-        "campaign %s: %s recipients, %s skipped",
-        campaign_id,
-        audience["total_recipients"],
-        audience["skipped"],
-    )
+    logger.info("campaign %s: %s recipients, %s skipped", campaign_id, *audience.values())
     try:
         await hold_credits(campaign_id)
-    except InsufficientCredits as exc:
-        await _db(campaigns.fail, campaign_id=campaign_id, reason=f"insufficient_credits: {exc}")
-        raise
-
-    campaign = await _db(campaigns.load, campaign_id)
-    distributed = settings.distribute_chunks
-    chunks = await plan_chunks(
-        campaign_id, chunk_run_size(settings, campaign.total_recipients) if distributed else None
-    )
-    progress = await acreate_progress_artifact(
-        progress=0.0,
-        key=f"progress-{campaign_id.replace('_', '-')}",
-        description=f"Messages dispatched for campaign {campaign_id}",
-    )
-    semaphore = asyncio.Semaphore(settings.chunk_concurrency)
-    done = 0
-    stopped = False
-
-    async def chunk_done() -> None:
-        nonlocal done
-        done += 1
-        await aupdate_progress_artifact(progress, 100.0 * done / max(len(chunks), 1))
-
-    async def run_chunk(number: int, start: int, end: int) -> None:
-        nonlocal stopped
-        async with semaphore:
-            if stopped:
-                return
-            report = await send_chunk(campaign_id, campaign.channel, number, start, end)
-        stopped = stopped or bool(report["stopped"])
-        await chunk_done()
-
-    # One global slot per (channel, sender) for the whole sending phase keeps campaigns on other
-    # workers that share this sender from sending at the same time (one acquisition per run).
-    async with provider_slot(settings, campaign.channel, campaign.sender_value):
-        if distributed:  # chunk flow runs, taken by any worker (several workers, several cores)
-            await run_chunks_as_flow_runs(settings, campaign_id, campaign.channel, chunks, chunk_done)
-        else:  # chunk task runs inside this process
-            await asyncio.gather(*(run_chunk(i, s, e) for i, (s, e) in enumerate(chunks)))
-
-    if stopped or campaigns.is_final(await _db(campaigns.status_of, campaign_id)):
-        final = await _db(campaigns.status_of, campaign_id)
-        if final == CampaignStatus.cancelled:
-            await _db(campaigns.finalize_stopped, campaign_id=campaign_id, pending_code="cancelled")
-        logger.info("campaign %s stopped: %s", campaign_id, final)
-        return {"campaign_id": campaign_id, "status": final}
-
-    await _db(campaigns.mark_dispatched, campaign_id=campaign_id)
-    await aupdate_progress_artifact(progress, 100.0)
-    receipts = await await_final_statuses(campaign_id, campaign.channel)
+    except InsufficientCredits:
+        await _db(lifecycle.fail, campaign_id=campaign_id, reason=FailureReason.insufficient_credits)
+        return S.failed
+    if (status := await _db(lifecycle.status_of, campaign_id)) == S.processing:
+        status = await _dispatch(settings, campaign_id)
+    if status != S.sent:
+        return await _stopped(campaign_id, status)
+    receipts = await await_final_statuses(campaign_id, (await _db(lifecycle.load, campaign_id)).channel)
     result = await settle_credits(campaign_id)
-    if result["status"] == CampaignStatus.cancelled:
-        await _db(campaigns.finalize_stopped, campaign_id=campaign_id, pending_code="cancelled")
     await acreate_table_artifact(
         table=_summary_rows(campaign_id),
         key=f"summary-{campaign_id.replace('_', '-')}",
         description=f"Summary of campaign {campaign_id}",
     )
     logger.info(
-        "campaign %s %s (%s receipt polls, %s timed out)",
-        campaign_id,
-        result["status"],
-        receipts["polls"],
-        receipts["expired"],
+        "campaign %s %s (%s receipt polls, %s timed out)", campaign_id, result["status"], *receipts.values()
     )
-    return {"campaign_id": campaign_id, **result}
+    if result["status"] == S.sent:  # stopped meanwhile (it cannot be: sent is not pausable)
+        return await _stopped(campaign_id, await _db(lifecycle.status_of, campaign_id))
+    return str(result["status"])
+
+
+async def _wait_until_due(campaign_id: str) -> str:
+    """Sleep until scheduled_at (runners start runs up to 10 s early; an edit may move it),
+    then draft/scheduled → processing; returns early on pause or cancel."""
+    while True:
+        campaign = await _db(lifecycle.load, campaign_id)
+        if campaign.status not in (S.draft, S.scheduled):
+            return str(campaign.status)
+        wait = (as_utc(campaign.scheduled_at) - utcnow()).total_seconds() if campaign.scheduled_at else 0
+        if wait <= 0:
+            return str(await _db(lifecycle.due, campaign_id=campaign_id))
+        await asyncio.sleep(min(wait, SCHEDULE_CHECK_S))
+
+
+async def _dispatch(settings: Settings, campaign_id: str) -> str:
+    """Send every chunk, holding the sender's slot; processing → sent once nothing is unsent.
+    A pass whose chunks stopped early (a lost lease) is followed by another, a few times."""
+    campaign = await _db(lifecycle.load, campaign_id)
+    real_provider = settings.channel(campaign.channel).provider != "sandbox"
+    slot: Any = contextlib.nullcontext()
+    if settings.global_limits and real_provider:
+        name = slots.slot_name(campaign.channel, campaign.sender_value)
+        slot = slots.hold(get_engine(settings), name=name, holder=campaign_id)
+    try:
+        async with slot:
+            for _pass in range(DISPATCH_PASSES):
+                chunks = await plan_chunks(
+                    campaign_id,
+                    chunk_run_size(settings, campaign.total_recipients)
+                    if settings.distribute_chunks
+                    else None,
+                )
+                if not chunks:
+                    break
+                await _send_chunks(settings, campaign, chunks)
+                if await _db(lifecycle.status_of, campaign_id) != S.processing:
+                    break
+    except ProviderConfigError as exc:
+        log.error("campaign %s: the provider refused our credentials: %s", campaign_id, exc)
+        await _db(lifecycle.fail, campaign_id=campaign_id, reason=FailureReason.provider_credentials)
+    except ChunkRunFailed as exc:
+        log.error("campaign %s: %s", campaign_id, exc)
+        await _db(lifecycle.fail, campaign_id=campaign_id, reason=FailureReason.chunk_failed)
+    status = str(await _db(lifecycle.status_of, campaign_id))
+    if status != S.processing:
+        return status
+    if await _db(ledger.open_ranges, campaign_id=campaign_id, chunk_size=settings.chunk_size):
+        await _db(lifecycle.fail, campaign_id=campaign_id, reason=FailureReason.internal)
+    else:
+        await _db(lifecycle.dispatched, campaign_id=campaign_id)
+    return str(await _db(lifecycle.status_of, campaign_id))
+
+
+async def _send_chunks(settings: Settings, campaign: Any, chunks: list[tuple[int, int]]) -> None:
+    """One pass over the ranges, with a progress artifact."""
+    progress = await acreate_progress_artifact(
+        progress=0.0,
+        key=f"progress-{campaign.id.replace('_', '-')}",
+        description=f"Messages dispatched for campaign {campaign.id}",
+    )
+    done = 0
+
+    async def chunk_done() -> None:
+        nonlocal done
+        done += 1
+        await aupdate_progress_artifact(progress, 100.0 * done / max(len(chunks), 1))
+
+    if settings.distribute_chunks:  # chunk flow runs, taken by any worker (several workers, cores)
+        await run_chunks_as_flow_runs(
+            settings, campaign.id, campaign.channel, campaign.control_version, chunks, chunk_done
+        )
+    else:  # chunk task runs inside this process
+        await _run_chunk_tasks(settings, campaign.id, campaign.channel, chunks, chunk_done)
+
+
+async def _sending(campaign_id: str) -> bool:
+    return await _db(lifecycle.status_of, campaign_id) in ledger.SENDING_STATUSES
+
+
+async def _run_chunk_tasks(
+    settings: Settings, campaign_id: str, channel: str, chunks: list[tuple[int, int]], on_done: Any
+) -> None:
+    """The chunks as task runs, `chunk_concurrency` at a time; none starts once one stopped or
+    failed (the first failure is raised when the running ones have ended)."""
+    semaphore = asyncio.Semaphore(settings.chunk_concurrency)
+    stopped = asyncio.Event()
+
+    async def run_chunk(number: int, start: int, end: int) -> None:
+        async with semaphore:
+            if stopped.is_set() or not await _sending(campaign_id):
+                stopped.set()
+                return
+            try:
+                report = await send_chunk(campaign_id, channel, number, start, end)
+            except BaseException:
+                stopped.set()
+                raise
+        if report["stopped"]:
+            stopped.set()
+        await on_done()
+
+    results = await asyncio.gather(
+        *(run_chunk(i, s, e) for i, (s, e) in enumerate(chunks)), return_exceptions=True
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise errors[0]
+
+
+def _run_has_live_attempts(session: Any, *, campaign_id: str, run_id: str | None) -> bool:
+    return any(a.flow_run_id == run_id for a in ledger.live_attempts(session, campaign_id=campaign_id))
+
+
+async def _stopped(campaign_id: str, status: str) -> str:
+    """Sending stopped before the end: a cancelled campaign is finalized once nothing can still
+    send for it; a paused one waits for its resume."""
+    if status == S.cancelled:
+        while not await _db(ledger.finalize_stopped, campaign_id=campaign_id, pending_code="cancelled"):
+            await asyncio.sleep(0.5)  # chunk runs elsewhere are still stopping
+    if status == S.paused:
+        await _db(slots.release_all, holder=campaign_id)
+    get_run_logger().info("campaign %s stopped: %s", campaign_id, status)
+    return status

@@ -8,10 +8,12 @@ Scheduled→Pending rule lets exactly one worker take a run), each in its own pr
 
 A chunk run whose worker dies is marked Crashed by the zombie automation (its heartbeats stop);
 the campaign's run then starts the same range again as a new attempt, which any live worker
-takes. The message ledger keeps that at most once: the new attempt claims only `pending` rows,
-and rows the dead one had claimed end `outcome_unknown`. Attempts have idempotency keys
-`<campaign>:<start>-<end>:<n>`, so a resumed campaign run finds the chunk runs its predecessor
-started (still running on another worker, or done) instead of starting them twice.
+takes. The message ledger keeps that exactly once where the provider can tell: the new
+attempt claims only `pending` rows, and adopts the rows the dead one had in flight once its
+lease has expired (looked up at the provider, or `outcome_unknown` where it has no lookup).
+Attempts have idempotency keys `<campaign>:v<control version>:<start>-<end>:<n>`, so a resumed
+campaign run finds the chunk runs its predecessor started (still running on another worker, or
+done) instead of starting them twice, and a run after a pause and resume starts new ones.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.context import get_run_context
 from prefect.deployments.flow_runs import arun_deployment
 
-from core import campaigns
-from core.db import get_read_engine, in_session
-from core.settings import Settings
-from tasks.campaign_tasks import send_chunk, unsent_in_range
+from channels.base import ProviderConfigError
+from core import ledger, lifecycle
+from core.db import get_engine, get_read_engine, in_session
+from core.lifecycle import FailureReason
+from core.settings import Settings, get_settings
+from tasks.campaign_tasks import send_chunk
 
 CHUNK_FLOW = "send-campaign-chunk"
 CHUNK_DEPLOYMENT = f"{CHUNK_FLOW}/default"
@@ -51,7 +55,17 @@ async def send_campaign_chunk(
     if worker:
         await _tag_self(f"worker:{worker}")
         get_run_logger().info("chunk %s-%s of %s on worker %s", start, end, campaign_id, worker)
-    report = await send_chunk(campaign_id, channel, start // max(end - start, 1), start, end, share)
+    try:
+        report = await send_chunk(campaign_id, channel, start // max(end - start, 1), start, end, share)
+    except ProviderConfigError as exc:
+        get_run_logger().error("the provider refused our credentials: %s", exc)
+        await in_session(
+            get_engine(get_settings()),
+            lifecycle.fail,
+            campaign_id=campaign_id,
+            reason=FailureReason.provider_credentials,
+        )
+        raise
     return {**report, "worker": worker}
 
 
@@ -77,12 +91,12 @@ async def _tag_self(tag: str) -> None:
 
 
 async def _unsent(settings: Settings, campaign_id: str, start: int, end: int) -> int:
-    return int(await in_session(get_read_engine(settings), unsent_in_range, campaign_id, start, end))
+    return int(await in_session(get_read_engine(settings), ledger.unsent_in_range, campaign_id, start, end))
 
 
-async def _campaign_open(settings: Settings, campaign_id: str) -> bool:
-    status = await in_session(get_read_engine(settings), campaigns.status_of, campaign_id)
-    return not campaigns.is_final(status)
+async def _sending(settings: Settings, campaign_id: str) -> bool:
+    status = await in_session(get_read_engine(settings), lifecycle.status_of, campaign_id)
+    return status in ledger.SENDING_STATUSES
 
 
 async def _wait_final(run_id: Any, start_timeout_s: float) -> FlowRun:
@@ -114,12 +128,14 @@ async def _wait_final(run_id: Any, start_timeout_s: float) -> FlowRun:
 
 
 async def run_chunk_until_done(
-    settings: Settings, campaign_id: str, channel: str, start: int, end: int, share: float
+    settings: Settings, campaign_id: str, channel: str, version: int, start: int, end: int, share: float
 ) -> None:
-    """Run one range as chunk flow runs until none of it is unsent, the campaign ends, or the
-    attempts run out (then the campaign fails)."""
+    """Run one range as chunk flow runs until none of it is unsent, the campaign stops sending
+    (paused, cancelled, failed), or the attempts run out (then the campaign fails)."""
     logger = get_run_logger()
     for attempt in range(1, settings.chunk_run_attempts + 1):
+        if not await _sending(settings, campaign_id):
+            return
         run = await arun_deployment(
             CHUNK_DEPLOYMENT,
             parameters={
@@ -130,13 +146,13 @@ async def run_chunk_until_done(
                 "share": share,
             },
             timeout=0,
-            idempotency_key=f"{campaign_id}:{start}-{end}:{attempt}",
+            idempotency_key=f"{campaign_id}:v{version}:{start}-{end}:{attempt}",
             tags=["campaigns", f"campaign:{campaign_id}"],
         )
         finished = await _wait_final(run.id, 3 * settings.heartbeat_s)
         state = finished.state
         assert state is not None
-        if not await _campaign_open(settings, campaign_id):
+        if not await _sending(settings, campaign_id):
             return
         if state.is_completed() and await _unsent(settings, campaign_id, start, end) == 0:
             return
@@ -161,6 +177,7 @@ async def run_chunks_as_flow_runs(
     settings: Settings,
     campaign_id: str,
     channel: str,
+    version: int,
     chunks: list[tuple[int, int]],
     on_done: Callable[[], Awaitable[None]],
 ) -> None:
@@ -171,7 +188,7 @@ async def run_chunks_as_flow_runs(
 
     async def one(start: int, end: int) -> None:
         async with semaphore:
-            await run_chunk_until_done(settings, campaign_id, channel, start, end, 1.0 / in_flight)
+            await run_chunk_until_done(settings, campaign_id, channel, version, start, end, 1.0 / in_flight)
         await on_done()
 
     await asyncio.gather(*(one(s, e) for s, e in chunks))

@@ -1,6 +1,6 @@
 """SQLModel tables and API schemas: no I/O, no business rules."""
 
-from models.enums import CampaignStatus, Channel, CreditKind, MessageStatus, SenderIdStatus
+from models.enums import CampaignStatus, Channel, CreditKind, ErrorCode, MessageStatus, SenderIdStatus
 from models.tables import (
     Account,
     ApiKey,
@@ -13,7 +13,9 @@ from models.tables import (
     ListMembership,
     Message,
     RateBucket,
+    SendAttempt,
     SenderId,
+    SenderSlot,
     StatusEvent,
 )
 
@@ -28,12 +30,15 @@ __all__ = [
     "ContactList",
     "CreditEntry",
     "CreditKind",
+    "ErrorCode",
     "IdempotencyRecord",
     "ListMembership",
     "Message",
     "MessageStatus",
     "RateBucket",
+    "SendAttempt",
     "SenderId",
+    "SenderSlot",
     "SenderIdStatus",
     "StatusEvent",
 ]

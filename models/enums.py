@@ -17,6 +17,7 @@ class CampaignStatus(StrEnum):
     draft = "draft"
     scheduled = "scheduled"
     processing = "processing"
+    paused = "paused"
     sent = "sent"
     completed = "completed"
     failed = "failed"
@@ -48,6 +49,18 @@ MESSAGE_STATUS_RANK = {
     MessageStatus.undelivered: 3,
     MessageStatus.failed: 3,
 }
+
+
+class ErrorCode(StrEnum):
+    """Our own message error codes (providers' codes are stored as they give them)."""
+
+    outcome_unknown = "outcome_unknown"
+    status_timeout = "status_timeout"
+    cancelled = "cancelled"
+    opted_out = "opted_out"
+    no_address = "no_address"
+    internal_error = "internal_error"
+    retry_window_exceeded = "retry_window_exceeded"
 
 
 class SenderIdStatus(StrEnum):

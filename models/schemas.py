@@ -56,6 +56,30 @@ class CampaignCreate(_Body):
         return value
 
 
+class CampaignUpdate(_Body):
+    """PATCH /v1/campaigns/{id}: any of these; `scheduled_at: null` means send now."""
+
+    name: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+    body: StrictStr | None = None
+    template: WhatsAppTemplate | None = None
+    subject: StrictStr | None = Field(default=None, max_length=998)
+    scheduled_at: datetime | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("name must not be blank")
+        return value
+
+
+class CampaignRetry(_Body):
+    """POST /v1/campaigns/{id}/retry: optionally the error codes to retry instead of the
+    default set (transient failures, outages, cancelled, unresolved outcome_unknown)."""
+
+    error_codes: list[StrictStr] | None = Field(default=None, min_length=1, max_length=100)
+
+
 class ContactCreate(_Body):
     name: StrictStr = Field(min_length=1, max_length=200)
     phone: StrictStr = Field(min_length=1, max_length=32)

@@ -104,6 +104,14 @@ class Campaign(SQLModel, table=True):
     subject: str | None = Field(default=None, max_length=998)
     status: str = Field(default="draft", max_length=16, index=True)
     scheduled_at: datetime | None = None
+    paused_at: datetime | None = None
+    # The campaign this one retries (POST /v1/campaigns/{id}/retry) and the schedule that created it.
+    retry_of: str | None = Field(default=None, max_length=40, index=True)
+    schedule_id: str | None = Field(default=None, max_length=40, index=True)
+    # Bumped by every pause, resume and cancel: senders report the version they have seen (so a
+    # pause or cancel answers only once they stopped), and chunk runs started after a resume get
+    # new idempotency keys.
+    control_version: int = 0
     created_at: datetime
     started_at: datetime | None = None
     dispatched_at: datetime | None = None
@@ -147,12 +155,53 @@ class Message(SQLModel, table=True):
     status: str = Field(default="pending", max_length=16)
     cost: int = 1
     attempts: int = 0
+    # The send attempt (lease) holding this message while it is `sending`.
     claim_token: str | None = Field(default=None, max_length=40)
+    # The personalized fields fixed at the snapshot ({"body", "subject", "template"}), so the
+    # provider receives exactly what was priced; None when nothing is personalized.
+    content: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # A failure that may pass on another try (transient, cancelled, outcome unknown): the
+    # default audience of POST /v1/campaigns/{id}/retry.
+    retryable: bool = False
     provider_message_id: str | None = Field(default=None, max_length=128)
     error_code: str | None = Field(default=None, max_length=64)
     error_message: str | None = None
     sent_at: datetime | None = None
     updated_at: datetime
+
+
+class SendAttempt(SQLModel, table=True):
+    """One chunk attempt's lease on a seq range: the messages it claimed are its own while the
+    lease is alive (renewed several times a second); only an expired or ended attempt's rows
+    are ever recovered by another attempt."""
+
+    __tablename__ = "send_attempts"
+    __table_args__ = (Index("ix_send_attempts_campaign", "campaign_id", "ended_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    campaign_id: str = Field(max_length=40)
+    seq_start: int
+    seq_end: int
+    # The Prefect flow run whose process holds the lease (its end frees the lease at once).
+    flow_run_id: str | None = Field(default=None, max_length=40, index=True)
+    started_at: datetime
+    renewed_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None = None
+    # The campaign's control_version this attempt last saw (a pause or cancel waits for it).
+    seen_version: int = 0
+
+
+class SenderSlot(SQLModel, table=True):
+    """A lease on a (channel, sender): the campaign holding it is the only one sending through
+    that sender across every worker. It expires unless renewed, so a dead holder frees it."""
+
+    __tablename__ = "sender_slots"
+
+    name: str = Field(primary_key=True, max_length=200)
+    holder: str = Field(max_length=40)
+    acquired_at: datetime
+    expires_at: datetime
 
 
 class StatusEvent(SQLModel, table=True):

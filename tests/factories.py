@@ -88,3 +88,13 @@ def bulk_tenant(engine: Engine, n: int, *, credits_amount: int | None = None, se
         session.execute(insert(Contact.__table__), rows)  # type: ignore[attr-defined]
         session.execute(insert(ListMembership.__table__), members)  # type: ignore[attr-defined]
     return Tenant(new.account_id, new.api_key, lst.id, sender)
+
+
+def start_campaign(engine: Engine, campaign_id: str) -> None:
+    """What a run does before sending: processing, snapshot, hold matching the snapshot."""
+    from core import lifecycle, snapshot
+
+    with session_scope(engine) as session:
+        lifecycle.due(session, campaign_id=campaign_id)
+        snapshot.take_snapshot(session, campaign_id=campaign_id)
+        snapshot.adjust_hold(session, campaign_id=campaign_id)

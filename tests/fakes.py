@@ -16,6 +16,7 @@ class FakeChannel:
     default_rate_per_second: float | None = None
     default_concurrency = 16
     supports_status_lookup = True
+    sent_lookup_delay_s: float | None = None
 
     def __init__(
         self, behaviour: Callable[[OutboundMessage, int], SendResult | None] | None = None, delay: float = 0.0
@@ -43,3 +44,11 @@ class FakeChannel:
 
     async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
         return StatusUpdate(provider_message_id, "delivered")
+
+    async def find_sent(self, message: OutboundMessage, since: datetime) -> list[SendResult]:
+        """What was sent to this recipient with this text (when lookups are switched on)."""
+        return [
+            SendResult(provider_message_id="p_" + m.message_id)
+            for m in reversed(self.sent)
+            if m.to == message.to and m.body == message.body
+        ]

@@ -1,9 +1,12 @@
-"""Campaign routes: create (idempotent), get, list, cancel, per-message records."""
+"""Campaign routes: create (idempotent), edit, get, list, pause, resume, cancel, retry, and
+per-message records. Every status change is `core.lifecycle`'s."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from datetime import datetime
+import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -13,18 +16,21 @@ from sqlmodel import Session
 
 from api.deps import AccountId, Paging, in_db, page_body, read_json, state, validate_body
 from api.serialize import campaign_out, message_out
-from core import campaigns, idempotency
+from core import campaigns, counts, idempotency, ledger, lifecycle, retries
 from core.errors import InvalidRequest
-from models import CampaignStatus, Channel, MessageStatus
-from models.schemas import CampaignCreate
+from models import Campaign, CampaignStatus, Channel, MessageStatus
+from models.schemas import CampaignCreate, CampaignRetry, CampaignUpdate
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 log = logging.getLogger("campaigns.api")
+# A pause or cancel answers once every live sender has seen it (they look 4 times a second).
+STOP_WAIT_S = 2.0
+SETTLE_WAIT_S = 3.0
 
 
 def _one(session: Session, account_id: str, campaign_id: str) -> dict[str, Any]:
     campaign = campaigns.get_campaign(session, account_id=account_id, campaign_id=campaign_id)
-    return campaign_out(campaign, campaigns.campaign_counts(session, [campaign])[campaign.id])
+    return campaign_out(campaign, counts.campaign_counts(session, [campaign])[campaign.id])
 
 
 def _enum(value: str | None, enum: Any, name: str) -> str | None:
@@ -42,68 +48,101 @@ async def create_campaign(
     """Create a campaign, hold its credits and start (or schedule) its flow run."""
     raw = await read_json(request)
     data = validate_body(CampaignCreate, raw)
-    digest = idempotency.request_hash("POST", "/v1/campaigns", raw)
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+    prepared: list[campaigns.PreparedCampaign] = []
+
+    async def _prepare() -> None:
+        # Checks and pricing read only (a big list is streamed without holding the write lock);
+        # the insert and the credit hold are one short write transaction.
+        prepared.append(
+            await in_db(
+                request,
+                lambda s: campaigns.prepare_campaign(s, account_id=account_id, data=data),
+                write=False,
+            )
+        )
+
+    def _insert(session: Session) -> dict[str, Any]:
+        return campaign_out(campaigns.insert_campaign(session, prepared[0]), {})
+
+    status_code, body, created = await _idempotent(
+        request, account_id, idempotency_key, "/v1/campaigns", raw, _insert, prepare=_prepare
+    )
+    if created:
+        await _launch_body(request, body, account_id)
+    return JSONResponse(status_code=status_code, content=body)
+
+
+async def _idempotent(
+    request: Request,
+    account_id: str,
+    key: str | None,
+    path: str,
+    raw: Any,
+    create: Callable[[Session], dict[str, Any]],
+    *,
+    prepare: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[int, dict[str, Any], bool]:
+    """Run a create once per Idempotency-Key (24 h): a replay returns the stored response, the
+    same key with another body is 409. Returns (status, body, created now)."""
+    if key is not None and not 1 <= len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1-255 characters")
+    digest = idempotency.request_hash("POST", path, raw)
 
     def _replay(session: Session) -> tuple[int, dict[str, Any]] | None:
-        if not idempotency_key:
+        if not key:
             return None
-        record = idempotency.find(session, account_id=account_id, key=idempotency_key, digest=digest)
+        record = idempotency.find(session, account_id=account_id, key=key, digest=digest)
         return (record.status_code, record.response) if record is not None else None
 
     def _insert(session: Session) -> tuple[int, dict[str, Any], bool]:
         replayed = _replay(session)
         if replayed is not None:
             return (*replayed, False)
-        campaign = campaigns.insert_campaign(session, prepared)
-        body = campaign_out(campaign, {})
-        if idempotency_key:
+        body = create(session)
+        if key:
             idempotency.store(
-                session,
-                account_id=account_id,
-                key=idempotency_key,
-                digest=digest,
-                status_code=201,
-                response=body,
+                session, account_id=account_id, key=key, digest=digest, status_code=201, response=body
             )
         return 201, body, True
 
     replayed = await in_db(request, _replay, write=False)
     if replayed is not None:
-        return JSONResponse(status_code=replayed[0], content=replayed[1])
-    # Checks and pricing read only (a big list is streamed without holding the write lock);
-    # the insert and the credit hold are one short write transaction.
-    prepared = await in_db(
-        request, lambda s: campaigns.prepare_campaign(s, account_id=account_id, data=data), write=False
-    )
+        return (*replayed, False)
+    if prepare is not None:
+        await prepare()
     try:
-        status_code, body, created = await in_db(request, _insert)
+        return await in_db(request, _insert)
     except IntegrityError:
         # A concurrent request with the same key won the race: replay its response.
-        status_code, body, created = await in_db(request, _insert)
-    if created:
-        await _launch(request, body, account_id)
-    return JSONResponse(status_code=status_code, content=body)
+        return await in_db(request, _insert)
 
 
-async def _launch(request: Request, body: dict[str, Any], account_id: str) -> None:
-    """Create the flow run; on failure the reconciler retries (the campaign stays draft)."""
-    scheduled = body["scheduled_at"]
+async def _launch_body(request: Request, body: dict[str, Any], account_id: str) -> None:
+    campaign = await in_db(request, lambda s: lifecycle.load(s, body["id"]), write=False)
+    run_id = await _launch(request, campaign, account_id)
+    if run_id:
+        body["flow_run_id"] = run_id
+
+
+async def _launch(
+    request: Request, campaign: Campaign, account_id: str, key: str | None = None
+) -> str | None:
+    """Create the flow run; on failure the reconciler retries (the campaign stays as it is)."""
     try:
         flow_run_id = await state(request).launcher.launch(
-            campaign_id=body["id"],
+            campaign_id=campaign.id,
             account_id=account_id,
-            channel=body["channel"],
-            scheduled_at=datetime.fromisoformat(scheduled.replace("Z", "+00:00")) if scheduled else None,
+            channel=campaign.channel,
+            scheduled_at=campaign.scheduled_at,
+            key=key,
         )
     except Exception as exc:
-        log.warning("could not create the flow run of %s (%s); the reconciler will retry", body["id"], exc)
-        return
-    body["flow_run_id"] = flow_run_id
+        log.warning("could not create the flow run of %s (%s); the reconciler will retry", campaign.id, exc)
+        return None
     await in_db(
-        request, lambda s: campaigns.record_flow_run(s, campaign_id=body["id"], flow_run_id=flow_run_id)
+        request, lambda s: lifecycle.record_flow_run(s, campaign_id=campaign.id, flow_run_id=flow_run_id)
     )
+    return flow_run_id
 
 
 @router.get("")
@@ -113,8 +152,9 @@ async def list_campaigns(
     paging: Paging,
     status: Annotated[str | None, Query()] = None,
     channel: Annotated[str | None, Query()] = None,
+    schedule_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    """A page of the account's campaigns, newest first."""
+    """A page of the account's campaigns, newest first (optionally by status, channel, schedule)."""
     status = _enum(status, CampaignStatus, "status")
     channel = _enum(channel, Channel, "channel")
 
@@ -126,9 +166,10 @@ async def list_campaigns(
             per_page=paging.per_page,
             status=status,
             channel=channel,
+            schedule_id=schedule_id,
         )
-        counts = campaigns.campaign_counts(session, rows)
-        return page_body([campaign_out(c, counts[c.id]) for c in rows], paging, total)
+        found = counts.campaign_counts(session, rows)
+        return page_body([campaign_out(c, found[c.id]) for c in rows], paging, total)
 
     return await in_db(request, _list, write=False)
 
@@ -139,23 +180,147 @@ async def get_campaign(request: Request, account_id: AccountId, campaign_id: str
     return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
 
 
+@router.patch("/{campaign_id}")
+async def edit_campaign(request: Request, account_id: AccountId, campaign_id: str) -> dict[str, Any]:
+    """Edit a draft or scheduled campaign; re-priced, hold adjusted, flow run moved."""
+    data = validate_body(CampaignUpdate, await read_json(request))
+    campaign, prepared = await in_db(
+        request,
+        lambda s: campaigns.prepare_edit(s, account_id=account_id, campaign_id=campaign_id, data=data),
+        write=False,
+    )
+    updated = await in_db(
+        request, lambda s: campaigns.apply_edit(s, campaign=campaign, data=data, prepared=prepared)
+    )
+    if "scheduled_at" in data.model_fields_set and updated.flow_run_id:
+        try:
+            await state(request).launcher.reschedule(
+                flow_run_id=updated.flow_run_id, scheduled_at=updated.scheduled_at
+            )
+        except Exception:  # the run still waits in-process for the new time before sending
+            log.exception("could not move flow run %s to the new time", updated.flow_run_id)
+    return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
+
+
+@router.post("/{campaign_id}/pause")
+async def pause_campaign(request: Request, account_id: AccountId, campaign_id: str) -> dict[str, Any]:
+    """Pause: no new provider request starts once this has answered; credits stay held."""
+
+    def _pause(session: Session) -> tuple[str, Campaign]:
+        campaign = campaigns.get_campaign(session, account_id=account_id, campaign_id=campaign_id)
+        return campaign.status, lifecycle.pause(session, campaign=campaign)
+
+    was, campaign = await in_db(request, _pause)
+    if was != CampaignStatus.paused:
+        if campaign.flow_run_id and was in (CampaignStatus.draft, CampaignStatus.scheduled):
+            await _quietly(state(request).launcher.pause(flow_run_id=campaign.flow_run_id), "pausing the run")
+        await _until_senders_stopped(request, campaign)
+    return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
+
+
+@router.post("/{campaign_id}/resume")
+async def resume_campaign(request: Request, account_id: AccountId, campaign_id: str) -> dict[str, Any]:
+    """Resume a paused campaign: sending goes on with the unsent messages only."""
+
+    def _resume(session: Session) -> Campaign:
+        campaign = campaigns.get_campaign(session, account_id=account_id, campaign_id=campaign_id)
+        return lifecycle.resume(session, campaign=campaign)
+
+    campaign = await in_db(request, _resume)
+    launcher = state(request).launcher
+    resumed = False
+    if campaign.flow_run_id:
+        try:
+            resumed = await launcher.resume(
+                flow_run_id=campaign.flow_run_id, scheduled_at=campaign.scheduled_at
+            )
+        except Exception:
+            log.exception("could not resume flow run %s; the reconciler will", campaign.flow_run_id)
+            resumed = True  # the reconciler resumes a paused run of a resumed campaign
+        if not resumed:  # Prefect will not resume that run (its pause timed out): a new one
+            await in_db(
+                request,
+                lambda s: lifecycle.detach(s, campaign_id=campaign_id, flow_run_id=campaign.flow_run_id),
+            )
+    if not resumed:
+        fresh = await in_db(request, lambda s: lifecycle.load(s, campaign_id), write=False)
+        await _launch(request, fresh, account_id, key=lifecycle.launch_key(fresh))
+    return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
+
+
 @router.post("/{campaign_id}/cancel")
 async def cancel_campaign(request: Request, account_id: AccountId, campaign_id: str) -> dict[str, Any]:
-    """Cancel: nothing more is sent and unused credits are released."""
+    """Cancel: no new provider request starts once this has answered; unsent messages fail
+    `cancelled` and their credits are released."""
 
-    def _cancel(session: Session) -> dict[str, Any]:
-        campaigns.cancel_campaign(session, account_id=account_id, campaign_id=campaign_id)
-        return _one(session, account_id, campaign_id)
+    def _cancel(session: Session) -> Campaign:
+        campaign = campaigns.get_campaign(session, account_id=account_id, campaign_id=campaign_id)
+        return lifecycle.cancel(session, campaign=campaign)
 
-    body = await in_db(request, _cancel)
-    if body.get("flow_run_id"):
-        try:
-            await state(request).launcher.cancel(flow_run_id=body["flow_run_id"])
-        except Exception:
-            log.exception(
-                "could not cancel flow run %s; the run stops at its next chunk", body["flow_run_id"]
-            )
-    return body
+    campaign = await in_db(request, _cancel)
+    if campaign.flow_run_id:
+        await _quietly(state(request).launcher.cancel(flow_run_id=campaign.flow_run_id), "cancelling the run")
+    await _until_senders_stopped(request, campaign)
+    # Settle now if every attempt has ended (the run or the reconciler does it otherwise).
+    deadline = time.monotonic() + SETTLE_WAIT_S
+    while not await in_db(request, lambda s: _settled_after_cancel(s, campaign_id)):
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
+
+
+def _settled_after_cancel(session: Session, campaign_id: str) -> bool:
+    if lifecycle.load(session, campaign_id).settled_at is not None:
+        return True
+    return ledger.finalize_stopped(session, campaign_id=campaign_id, pending_code="cancelled")
+
+
+async def _until_senders_stopped(request: Request, campaign: Campaign) -> None:
+    """Wait (a second or so at most) until every live attempt of the campaign has seen the new
+    control version: its senders check that flag before each provider request."""
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline:
+        unaware = await in_db(
+            request,
+            lambda s: ledger.unaware_attempts(s, campaign_id=campaign.id, version=campaign.control_version),
+            write=False,
+        )
+        if not unaware:
+            return
+        await asyncio.sleep(0.05)
+    log.warning("campaign %s: some senders did not confirm the stop in time", campaign.id)
+
+
+async def _quietly(call: Any, what: str) -> None:
+    try:
+        await call
+    except Exception:  # the run notices the campaign's status itself; the reconciler mends the rest
+        log.exception("%s failed", what)
+
+
+@router.post("/{campaign_id}/retry", status_code=201, response_model=None)
+async def retry_campaign(
+    request: Request,
+    account_id: AccountId,
+    campaign_id: str,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """A new campaign for the original's failures that another try may pass."""
+    raw = await read_json(request, allow_empty=True)
+    data = validate_body(CampaignRetry, raw if raw is not None else {})
+    path = f"/v1/campaigns/{campaign_id}/retry"
+
+    def _create(session: Session) -> dict[str, Any]:
+        retry = retries.create_retry(
+            session, account_id=account_id, campaign_id=campaign_id, error_codes=data.error_codes
+        )
+        return campaign_out(retry, {"pending": retry.total_recipients})
+
+    status_code, body, created = await _idempotent(request, account_id, idempotency_key, path, raw, _create)
+    if created:
+        await _launch_body(request, body, account_id)
+    return JSONResponse(status_code=status_code, content=body)
 
 
 @router.get("/{campaign_id}/messages")

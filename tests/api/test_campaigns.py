@@ -267,13 +267,10 @@ def test_cancel_releases_credits_and_is_final(
 
 
 def test_messages_listing(client: TestClient, tenant: Tenant, engine: Engine) -> None:
-    from core import campaigns
-    from core.db import session_scope
+    from tests.factories import start_campaign
 
     cid = client.post("/v1/campaigns", json=body(tenant), headers=tenant.headers).json()["id"]
-    with session_scope(engine) as session:
-        campaigns.start_run(session, campaign_id=cid, flow_run_id=None)
-        campaigns.take_snapshot(session, campaign_id=cid)
+    start_campaign(engine, cid)
     r = client.get(f"/v1/campaigns/{cid}/messages?per_page=2", headers=tenant.headers).json()
     assert r["meta"] == {"page": 1, "per_page": 2, "total": 3}
     first = r["data"][0]
@@ -356,7 +353,7 @@ def test_launch_failure_keeps_the_campaign_for_the_reconciler(
 def test_big_campaigns_report_stored_counts(client: TestClient, tenant: Tenant, engine: Engine) -> None:
     from sqlalchemy import update
 
-    from core import campaigns
+    from core import campaigns, counts
     from core.db import session_scope
 
     cid = client.post("/v1/campaigns", json=body(tenant), headers=tenant.headers).json()["id"]
@@ -365,7 +362,7 @@ def test_big_campaigns_report_stored_counts(client: TestClient, tenant: Tenant, 
             update(campaigns.Campaign)
             .where(campaigns.Campaign.id == cid)
             .values(
-                total_recipients=campaigns.LIVE_COUNT_LIMIT + 1,
+                total_recipients=counts.LIVE_COUNT_LIMIT + 1,
                 status_counts={
                     "delivered": 40_000,
                     "undelivered": 5,

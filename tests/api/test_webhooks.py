@@ -11,13 +11,13 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, select, update
 
 from api.app import create_app
-from core import campaigns
+from core import audience
 from core.db import session_scope
 from core.settings import Settings
 from models import Contact, Message
 from tests.api.test_campaigns import assert_error
 from tests.conftest import RecordingLauncher
-from tests.core.test_dispatch import _started_campaign
+from tests.core.test_sender import _started_campaign
 from tests.factories import make_tenant
 from tests.providers.fake_server import hub_signature, twilio_signature
 
@@ -180,7 +180,7 @@ def test_inbound_stop_opts_the_phone_out(hooks: TestClient, engine: Engine) -> N
     # An opted-out contact is no longer a recipient.
     with session_scope(engine) as session:
         assert (
-            campaigns.audience.estimate(
+            audience.estimate(
                 session, account_id=mine.account_id, list_id=mine.list_id, channel="sms", body="hi"
             ).recipients
             == 1

@@ -11,7 +11,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from channels.base import OutboundMessage, PermanentSendError, ProviderConfigError, TransientSendError
+from channels.base import (
+    OutboundMessage,
+    PermanentSendError,
+    ProviderConfigError,
+    TransientSendError,
+    UnknownOutcomeError,
+)
 from channels.email_smtp import SmtpChannel
 from channels.slack_web import SlackChannel
 from channels.sms_twilio import TwilioChannel, signature
@@ -206,7 +212,7 @@ async def test_smtp_reuses_one_connection_and_writes_proper_mime() -> None:
 
 
 async def test_no_answer_after_sending_is_outcome_unknown_but_never_connecting_is_transient() -> None:
-    """Sent without an answer: never resent (it may have been delivered); a lookup just retries."""
+    """Sent without an answer: an unknown outcome (looked up, never resent blindly); a GET just retries."""
     failures: list[Exception] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -216,7 +222,7 @@ async def test_no_answer_after_sending_is_outcome_unknown_but_never_connecting_i
     chan = twilio(transport)
     await chan.open()
     failures.append(httpx.ReadTimeout("no answer"))
-    with pytest.raises(PermanentSendError) as unknown:
+    with pytest.raises(UnknownOutcomeError) as unknown:
         await chan.send(MSG)
     assert unknown.value.code == "outcome_unknown"
     failures.append(httpx.ConnectError("refused"))

@@ -6,7 +6,7 @@ from channels.base import StatusUpdate
 from core import tracking
 from core.db import session_scope
 from models import Message
-from tests.core.test_dispatch import _started_campaign
+from tests.core.test_sender import _started_campaign
 
 
 def test_status_updates_never_move_backwards_and_repeat_harmlessly(engine: Engine) -> None:

@@ -64,6 +64,7 @@ async def test_campaign_runs_to_completed(flow_engine: Engine) -> None:
 
 async def test_rerun_after_a_crash_sends_nothing_twice(flow_engine: Engine, flow_settings: Settings) -> None:
     from core.dispatch import send_chunk
+
     from flows.send_campaign import send_campaign
 
     tenant = make_tenant(flow_engine, contacts_n=10, name="crashy")

@@ -16,7 +16,10 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import uvicorn
@@ -90,6 +93,7 @@ class Received:
     to: str
     body: str
     payload: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)  # when the fake accepted it (wall clock)
 
 
 class FakeProviders:
@@ -103,11 +107,16 @@ class FakeProviders:
         self.whatsapp_webhook_url: str | None = None
         self.telegram_ids: defaultdict[str, itertools.count[int]] = defaultdict(lambda: itertools.count(1))
         self.callbacks_sent = 0
+        self.lookups = 0
+        # The next this-many Twilio sends are accepted but never answered.
+        self.lose_answers = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.app = Starlette(
             routes=[
                 Route(
-                    "/twilio/2010-04-01/Accounts/{sid}/Messages.json", self.twilio_create, methods=["POST"]
+                    "/twilio/2010-04-01/Accounts/{sid}/Messages.json",
+                    self.twilio_messages_route,
+                    methods=["GET", "POST"],
                 ),
                 Route(
                     "/twilio/2010-04-01/Accounts/{sid}/Messages/{msid}.json", self.twilio_get, methods=["GET"]
@@ -133,10 +142,49 @@ class FakeProviders:
 
     # -- Twilio --
 
+    def _twilio_authorized(self, request: Request) -> bool:
+        expected = "Basic " + base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
+        return request.headers.get("authorization") == expected and request.path_params["sid"] == TWILIO_SID
+
+    async def twilio_messages_route(self, request: Request) -> Response:
+        if request.method == "GET":
+            return await self.twilio_list(request)
+        return await self.twilio_create(request)
+
+    async def twilio_list(self, request: Request) -> Response:
+        """Messages.json?To=&From=&DateSent>=YYYY-MM-DD&PageSize=&Page=, newest first (the fake
+        filters DateSent on the creation date: a queued message has no date_sent yet)."""
+        self.lookups += 1
+        if not self._twilio_authorized(request):
+            return JSONResponse({"code": 20003, "message": "Authenticate", "status": 401}, status_code=401)
+        query = request.query_params
+        since = query.get("DateSent>=")
+        page_size = int(query.get("PageSize", "50"))
+        page = int(query.get("Page", "0"))
+        found = [
+            r
+            for r in reversed(self.twilio_messages.values())
+            if (not query.get("To") or r["to"] == query["To"])
+            and (not query.get("From") or r["from"] == query["From"])
+            and (not since or r["date_created_at"].strftime("%Y-%m-%d") >= since)
+        ]
+        chunk = found[page * page_size : (page + 1) * page_size]
+        path = request.url.path.removeprefix("/twilio")
+        next_uri = None
+        if len(found) > (page + 1) * page_size:
+            params = {k: v for k, v in query.items() if k != "Page"}
+            next_uri = f"{path}?{urlencode({**params, 'Page': page + 1})}"
+        return JSONResponse(
+            {"messages": [self._twilio_public(r) for r in chunk], "next_page_uri": next_uri, "page": page}
+        )
+
+    @staticmethod
+    def _twilio_public(resource: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in resource.items() if k not in ("created", "date_created_at")}
+
     async def twilio_create(self, request: Request) -> Response:
         await self._latency()
-        expected = "Basic " + base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
-        if request.headers.get("authorization") != expected or request.path_params["sid"] != TWILIO_SID:
+        if not self._twilio_authorized(request):
             return JSONResponse({"code": 20003, "message": "Authenticate", "status": 401}, status_code=401)
         form = dict(await request.form())
         to = str(form.get("To", ""))
@@ -169,6 +217,7 @@ class FakeProviders:
         if to == magic["timeout"]:
             await asyncio.sleep(SLOW_S)
         sid = "SM" + secrets.token_hex(16)
+        now = datetime.now(UTC)
         resource = {
             "sid": sid,
             "account_sid": TWILIO_SID,
@@ -180,13 +229,18 @@ class FakeProviders:
             "error_message": None,
             "num_segments": "1",
             "api_version": "2010-04-01",
+            "date_created": format_datetime(now, usegmt=True),
             "created": time.monotonic(),
+            "date_created_at": now,
         }
         self.twilio_messages[sid] = resource
         self.received.append(Received("sms", to, str(form.get("Body", "")), form))
         if form.get("StatusCallback"):
             self._background(self._twilio_callbacks(sid, str(form["StatusCallback"])))
-        return JSONResponse({k: v for k, v in resource.items() if k != "created"}, status_code=201)
+        if self.lose_answers > 0:  # accepted, but the answer never arrives (a dropped connection)
+            self.lose_answers -= 1
+            await asyncio.sleep(3600)
+        return JSONResponse(self._twilio_public(resource), status_code=201)
 
     def _twilio_final(self, resource: dict[str, Any]) -> None:
         if (
@@ -206,7 +260,7 @@ class FakeProviders:
         if resource is None:
             return JSONResponse({"code": 20404, "message": "not found", "status": 404}, status_code=404)
         self._twilio_final(resource)
-        return JSONResponse({k: v for k, v in resource.items() if k != "created"})
+        return JSONResponse(self._twilio_public(resource))
 
     async def _twilio_callbacks(self, sid: str, url: str) -> None:
         resource = self.twilio_messages[sid]

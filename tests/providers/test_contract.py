@@ -9,7 +9,14 @@ import socket
 import pytest
 from pydantic import SecretStr
 
-from channels.base import Channel, OutboundMessage, PermanentSendError, SendResult, TransientSendError
+from channels.base import (
+    Channel,
+    OutboundMessage,
+    PermanentSendError,
+    SendResult,
+    TransientSendError,
+    UnknownOutcomeError,
+)
 from channels.email_smtp import SmtpChannel
 from channels.slack_web import SlackChannel
 from channels.sms_twilio import TwilioChannel
@@ -141,13 +148,46 @@ async def test_server_error_is_transient(channel: str, fakes: fk.FakeProviders, 
 
 
 @pytest.mark.parametrize("channel", [c for c in CHANNELS if c != "email"])
-async def test_a_request_sent_without_an_answer_is_never_sent_again(
+async def test_a_request_sent_without_an_answer_is_an_unknown_outcome(
     channel: str, fakes: fk.FakeProviders, smtp: fk.SmtpServer
 ) -> None:
-    # The provider may have accepted it: resending could deliver it twice (SPEC: outcome_unknown).
-    with pytest.raises(PermanentSendError) as info:
+    # The provider may have accepted it: resending blindly could deliver it twice (SPEC §7).
+    with pytest.raises(UnknownOutcomeError) as info:
         await send(channel, "timeout", fakes, smtp)
     assert info.value.code == "outcome_unknown"
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+async def test_a_lost_answer_is_found_where_the_provider_can_list_what_it_sent(
+    channel: str, fakes: fk.FakeProviders, smtp: fk.SmtpServer
+) -> None:
+    """Where the provider has a lookup (Twilio), the message whose answer was lost is found by
+    recipient, sender and text; a message never sent is not found. Others have none."""
+    import asyncio
+    import dataclasses
+    from datetime import timedelta
+
+    from core.timeutil import utcnow
+
+    since = utcnow()
+    sent = dataclasses.replace(message(channel, "timeout"), body=f"lost answer {since.timestamp()}")
+    chan = adapter(channel, fakes.url, smtp.port)  # type: ignore[attr-defined]
+    await chan.open()
+    try:
+        with pytest.raises((UnknownOutcomeError, TransientSendError)):
+            await chan.send(sent)
+        if chan.sent_lookup_delay_s is None:
+            assert channel != "sms"
+            assert await chan.find_sent(sent, since) == []
+            return
+        await asyncio.sleep(fk.SLOW_S)  # the fake records it once its slow answer is ready
+        found = await chan.find_sent(sent, since)
+        assert len(found) == 1 and found[0].provider_message_id in fakes.twilio_messages
+        # Another text to the same recipient is not it, nor is anything older than `since`.
+        assert await chan.find_sent(dataclasses.replace(sent, body="never sent"), since) == []
+        assert await chan.find_sent(sent, utcnow() + timedelta(minutes=5)) == []
+    finally:
+        await chan.close()
 
 
 async def test_smtp_timeout_is_transient(fakes: fk.FakeProviders, smtp: fk.SmtpServer) -> None:

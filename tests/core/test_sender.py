@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from channels.base import OutboundMessage, PermanentSendError, TransientSendError
-from core import campaigns
+from core import campaigns, lifecycle, snapshot
 from core.db import session_scope
-from core.dispatch import send_chunk
+from core.sender import send_chunk
 from core.settings import Settings
 from core.timeutil import utcnow
 from models import Contact, Message
@@ -32,9 +32,9 @@ def _started_campaign(
                 name="x", channel="sms", contact_list_id=tenant.list_id, sender_id=tenant.sender, body=body
             ),
         ).id
-        campaigns.start_run(session, campaign_id=cid, flow_run_id=None)
-        campaigns.take_snapshot(session, campaign_id=cid)
-        campaigns.adjust_hold(session, campaign_id=cid)
+        lifecycle.due(session, campaign_id=cid)
+        snapshot.take_snapshot(session, campaign_id=cid)
+        snapshot.adjust_hold(session, campaign_id=cid)
     return cid
 
 
@@ -153,8 +153,7 @@ async def test_permanent_errors_are_recorded_and_never_retried(settings: Setting
 async def test_cancel_stops_the_chunk(settings: Settings, engine: Engine) -> None:
     cid = _started_campaign(engine, n=1)
     with session_scope(engine) as session:
-        account_id = campaigns.load(session, cid).account_id
-        campaigns.cancel_campaign(session, account_id=account_id, campaign_id=cid)
+        lifecycle.cancel(session, campaign=lifecycle.load(session, cid))
     channel = FakeChannel()
     report = await send_chunk(
         settings=settings, engine=engine, campaign_id=cid, start=0, end=1, channel=channel
@@ -189,8 +188,8 @@ async def test_a_blocked_bot_opts_out_of_that_channel_only(settings: Settings, e
                 name="tg", channel="telegram", contact_list_id=tenant.list_id, sender_id="shop_bot", body="hi"
             ),
         ).id
-        campaigns.start_run(session, campaign_id=cid, flow_run_id=None)
-        campaigns.take_snapshot(session, campaign_id=cid)
+        lifecycle.due(session, campaign_id=cid)
+        snapshot.take_snapshot(session, campaign_id=cid)
 
     def blocked(message: OutboundMessage, attempt: int) -> Any:
         if message.to == "1000":
@@ -288,29 +287,29 @@ def test_batched_snapshot_restarts_a_partial_one(engine: Engine, settings: Setti
             ],
         )
     reader = make_engine(settings.resolved_database_url(), read_only=True)
-    campaign = campaigns.take_snapshot_in_batches(engine, reader, campaign_id=cid)
+    campaign = snapshot.take_snapshot_in_batches(engine, reader, campaign_id=cid)
     assert campaign.snapshot_at is not None and campaign.total_recipients == 4
     rows = _messages(engine, cid)
     assert [m.seq for m in rows] == [0, 1, 2, 3] and "msg_partial" not in {m.id for m in rows}
-    again = campaigns.take_snapshot_in_batches(engine, reader, campaign_id=cid)  # idempotent
+    again = snapshot.take_snapshot_in_batches(engine, reader, campaign_id=cid)  # idempotent
     assert again.snapshot_at == campaign.snapshot_at and len(_messages(engine, cid)) == 4
 
 
 def test_a_crash_is_handled_once_even_by_two_reconcilers(engine: Engine) -> None:
     cid = _started_campaign(engine, n=1)
     with session_scope(engine) as session:
-        campaigns.record_flow_run(session, campaign_id=cid, flow_run_id="run-1")
+        lifecycle.record_flow_run(session, campaign_id=cid, flow_run_id="run-1")
     outcomes = []
     for _ in range(2):
         with session_scope(engine) as session:
             outcomes.append(
-                campaigns.resume_or_fail(
-                    session, campaign_id=cid, flow_run_id="run-1", reason="Crashed", max_resumes=3
+                lifecycle.run_ended(
+                    session, campaign_id=cid, flow_run_id="run-1", end=lifecycle.RunEnd.crashed, max_resumes=3
                 )
             )
     assert outcomes == ["resumed", ""]
     with session_scope(engine) as session:
-        c = campaigns.load(session, cid)
+        c = lifecycle.load(session, cid)
         assert (c.status, c.flow_run_id, c.resume_count) == ("processing", None, 1)
 
 

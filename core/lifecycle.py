@@ -1,0 +1,318 @@
+"""The campaign life cycle (SPEC §7): the transition table, and one function per event.
+
+Every transition is one guarded `UPDATE … WHERE status IN (…)`, so of two processes racing for
+a transition exactly one wins. The API, the flows, the hooks, the reconciler and the CLI call
+these functions; none of them sets a campaign status on its own.
+
+| event        | from                                     | to                         |
+|--------------|------------------------------------------|----------------------------|
+| `start`      | draft                                    | scheduled                  |
+| `due`        | draft, scheduled                         | processing                 |
+| `dispatched` | processing                               | sent                       |
+| `complete`   | sent                                     | completed                  |
+| `pause`      | draft, scheduled, processing             | paused                     |
+| `resume`     | paused                                   | processing, scheduled      |
+| `cancel`     | draft, scheduled, processing, paused     | cancelled                  |
+| `edit`       | draft, scheduled                         | draft, scheduled           |
+| `fail`       | any non-final                            | failed                     |
+| `rerun`      | failed                                   | processing                 |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from core import credits, ledger, slots
+from core.counts import refresh_counts
+from core.errors import Conflict, NotFound
+from core.timeutil import as_utc, utcnow
+from models import Campaign, CampaignStatus
+from models.enums import FINAL_CAMPAIGN_STATUSES
+
+S = CampaignStatus
+
+
+class Event(StrEnum):
+    start = "start"
+    due = "due"
+    dispatched = "dispatched"
+    complete = "complete"
+    pause = "pause"
+    resume = "resume"
+    cancel = "cancel"
+    edit = "edit"
+    fail = "fail"
+    rerun = "rerun"
+
+
+@dataclass(frozen=True)
+class Transition:
+    sources: frozenset[str]
+    targets: frozenset[str]
+
+
+def _t(sources: set[S], targets: set[S]) -> Transition:
+    return Transition(frozenset(sources), frozenset(targets))
+
+
+NON_FINAL = {S.draft, S.scheduled, S.processing, S.paused, S.sent}
+TRANSITIONS: dict[Event, Transition] = {
+    Event.start: _t({S.draft}, {S.scheduled}),
+    Event.due: _t({S.draft, S.scheduled}, {S.processing}),
+    Event.dispatched: _t({S.processing}, {S.sent}),
+    Event.complete: _t({S.sent}, {S.completed}),
+    Event.pause: _t({S.draft, S.scheduled, S.processing}, {S.paused}),
+    Event.resume: _t({S.paused}, {S.processing, S.scheduled}),
+    Event.cancel: _t({S.draft, S.scheduled, S.processing, S.paused}, {S.cancelled}),
+    Event.edit: _t({S.draft, S.scheduled}, {S.draft, S.scheduled}),
+    Event.fail: _t(NON_FINAL, {S.failed}),
+    Event.rerun: _t({S.failed}, {S.processing}),
+}
+OPEN_STATUSES = tuple(sorted(NON_FINAL))
+# A flow run has work to do in these (paused runs wait for a resume).
+RUNNABLE = (S.draft, S.scheduled, S.processing, S.sent)
+
+
+class FailureReason(StrEnum):
+    """What `failure_reason` tells the account: a sentence, never internal error text."""
+
+    insufficient_credits = "insufficient_credits"
+    provider_credentials = "provider credentials rejected"
+    crashed = "the run stopped unexpectedly too many times"
+    internal = "sending stopped because of an internal error"
+    ended_early = "the run ended before the campaign finished"
+    chunk_failed = "a part of the campaign could not be sent"
+
+
+def allowed(event: Event, status: str) -> bool:
+    """True if `event` may happen to a campaign in `status`."""
+    return status in TRANSITIONS[event].sources
+
+
+def is_final(status: str) -> bool:
+    """True for completed, failed and cancelled."""
+    return status in FINAL_CAMPAIGN_STATUSES
+
+
+def apply(session: Session, campaign_id: str, event: Event, to: str, **values: Any) -> bool:
+    """The guarded transition itself: True if this caller won it."""
+    transition = TRANSITIONS[event]
+    assert to in transition.targets, f"{event} cannot lead to {to}"
+    if event in (Event.pause, Event.resume, Event.cancel):
+        values["control_version"] = Campaign.control_version + 1
+    result = session.execute(
+        update(Campaign)
+        .where(col(Campaign.id) == campaign_id, col(Campaign.status).in_(transition.sources))
+        .values(status=to, **values)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def load(session: Session, campaign_id: str) -> Campaign:
+    """A campaign by id whatever its account (pipeline use)."""
+    campaign = session.get(Campaign, campaign_id, populate_existing=True)
+    if campaign is None:
+        raise NotFound(f"campaign {campaign_id} not found")
+    return campaign
+
+
+def status_of(session: Session, campaign_id: str) -> str:
+    """The current status, read fresh."""
+    value = session.exec(select(Campaign.status).where(Campaign.id == campaign_id)).first()
+    if value is None:
+        raise NotFound(f"campaign {campaign_id} not found")
+    return value
+
+
+def _conflict(campaign: Campaign, event: Event) -> Conflict:
+    return Conflict(
+        f"campaign {campaign.id} is {campaign.status} and cannot be {event.value}d"
+        if event != Event.edit
+        else f"campaign {campaign.id} is {campaign.status}; only draft and scheduled campaigns can be edited",
+        {"status": campaign.status},
+    )
+
+
+# -- the run --
+
+
+def start(session: Session, *, campaign_id: str, flow_run_id: str | None) -> str:
+    """The flow run starts: remember it, and reopen a failed campaign whose run is retried
+    from the Prefect UI. Returns the status the run acts on."""
+    campaign = load(session, campaign_id)
+    if flow_run_id and campaign.flow_run_id != flow_run_id and not is_final(campaign.status):
+        record_flow_run(session, campaign_id=campaign_id, flow_run_id=flow_run_id)
+    if campaign.status == S.failed and apply(
+        session,
+        campaign_id,
+        Event.rerun,
+        S.processing,
+        failure_reason=None,
+        settled_at=None,
+        completed_at=None,
+        flow_run_id=flow_run_id,
+        **({"started_at": utcnow()} if campaign.started_at is None else {}),
+    ):
+        return S.processing
+    if campaign.status == S.draft and _ahead(campaign.scheduled_at):
+        apply(session, campaign_id, Event.start, S.scheduled)
+    return status_of(session, campaign_id)
+
+
+def _ahead(when: datetime | None) -> bool:
+    return when is not None and as_utc(when) > utcnow()
+
+
+def due(session: Session, *, campaign_id: str) -> str:
+    """scheduled_at has come: draft/scheduled → processing. Returns the status to act on."""
+    campaign = load(session, campaign_id)
+    values: dict[str, Any] = {}
+    if campaign.started_at is None:
+        values["started_at"] = utcnow()
+    apply(session, campaign_id, Event.due, S.processing, **values)
+    return status_of(session, campaign_id)
+
+
+def dispatched(session: Session, *, campaign_id: str) -> bool:
+    """processing → sent: everything handed to the provider, receipts may still arrive."""
+    return apply(session, campaign_id, Event.dispatched, S.sent, dispatched_at=utcnow())
+
+
+def complete(session: Session, *, campaign_id: str) -> bool:
+    """sent → completed (every message final) and settle credits, in one transaction."""
+    done = apply(session, campaign_id, Event.complete, S.completed, completed_at=utcnow())
+    if done:
+        credits.settle(session, campaign_id=campaign_id)
+        refresh_counts(session, campaign_id=campaign_id)
+        slots.release_all(session, holder=campaign_id)
+    return done
+
+
+def fail(session: Session, *, campaign_id: str, reason: FailureReason | str) -> bool:
+    """→ failed with a reason meant for the account. Pending messages stay pending (a retry of
+    the flow run resumes them); credits settle once no attempt can still send."""
+    done = apply(
+        session, campaign_id, Event.fail, S.failed, failure_reason=str(reason), completed_at=utcnow()
+    )
+    if done:
+        slots.release_all(session, holder=campaign_id)
+        ledger.finalize_stopped(session, campaign_id=campaign_id, pending_code=None)
+    return done
+
+
+# -- control (API, Prefect UI) --
+
+
+def pause(session: Session, *, campaign: Campaign) -> Campaign:
+    """→ paused (a paused campaign stays as it is); Conflict from any other status."""
+    if campaign.status == S.paused:
+        return campaign
+    if not apply(session, campaign.id, Event.pause, S.paused, paused_at=utcnow()):
+        raise _conflict(load(session, campaign.id), Event.pause)
+    return load(session, campaign.id)
+
+
+def resume(session: Session, *, campaign: Campaign) -> Campaign:
+    """paused → processing, or scheduled while scheduled_at is ahead (or the run never started)."""
+    ahead = _ahead(campaign.scheduled_at)
+    target = S.scheduled if ahead else S.processing
+    values: dict[str, Any] = {"paused_at": None}
+    if target == S.processing and campaign.started_at is None:
+        values["started_at"] = utcnow()
+    if not apply(session, campaign.id, Event.resume, target, **values):
+        raise _conflict(load(session, campaign.id), Event.resume)
+    return load(session, campaign.id)
+
+
+def cancel(session: Session, *, campaign: Campaign) -> Campaign:
+    """→ cancelled. Nothing more is sent; once no attempt can still send, unsent messages fail
+    `cancelled` and unused credits are released (now, or by the run or the reconciler)."""
+    if not apply(session, campaign.id, Event.cancel, S.cancelled, cancelled_at=utcnow()):
+        raise _conflict(load(session, campaign.id), Event.cancel)
+    slots.release_all(session, holder=campaign.id)
+    ledger.finalize_stopped(session, campaign_id=campaign.id, pending_code="cancelled")
+    return load(session, campaign.id)
+
+
+def edit(session: Session, *, campaign: Campaign, values: dict[str, Any]) -> bool:
+    """Apply edited fields to a draft or scheduled campaign (status follows scheduled_at)."""
+    when = values.get("scheduled_at", campaign.scheduled_at)
+    target = S.scheduled if when is not None else S.draft
+    return apply(session, campaign.id, Event.edit, target, **values)
+
+
+# -- bookkeeping of runs --
+
+
+def record_flow_run(session: Session, *, campaign_id: str, flow_run_id: str) -> None:
+    """Remember which flow run carries a campaign."""
+    session.execute(update(Campaign).where(col(Campaign.id) == campaign_id).values(flow_run_id=flow_run_id))
+
+
+def detach(session: Session, *, campaign_id: str, flow_run_id: str) -> bool:
+    """Detach a campaign from a run that stopped without finishing it (worker shutdown, crash,
+    a pause that outlived its run), so that a new run (new idempotency key) takes it up."""
+    result = session.execute(
+        update(Campaign)
+        .where(
+            col(Campaign.id) == campaign_id,
+            col(Campaign.flow_run_id) == flow_run_id,
+            col(Campaign.status).in_(OPEN_STATUSES),
+        )
+        .values(flow_run_id=None, resume_count=Campaign.resume_count + 1, heartbeat_at=None)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def beat(session: Session, *, campaign_id: str) -> None:
+    """The running flow is alive."""
+    session.execute(update(Campaign).where(col(Campaign.id) == campaign_id).values(heartbeat_at=utcnow()))
+
+
+def launch_key(campaign: Campaign) -> str:
+    """The idempotency key of the campaign's current flow run."""
+    return campaign.id if campaign.resume_count == 0 else f"{campaign.id}:resume-{campaign.resume_count}"
+
+
+class RunEnd(StrEnum):
+    crashed = "crashed"
+    failed = "failed"
+    cancelled = "cancelled"
+    shutdown = "shutdown"  # a worker shutting down cancelled it: resume elsewhere
+    completed = "completed"
+    pause_expired = "pause_expired"  # Prefect failed a pause that nobody resumed in time
+
+
+def run_ended(session: Session, *, campaign_id: str, flow_run_id: str, end: RunEnd, max_resumes: int) -> str:
+    """A campaign's flow run reached a final state (seen by a hook or the reconciler). Decides,
+    for the run the campaign is attached to only, what becomes of the campaign; returns what
+    was done ("resumed", "failed", "cancelled", "detached" or "")."""
+    campaign = load(session, campaign_id)
+    if is_final(campaign.status) or campaign.flow_run_id != flow_run_id:
+        return ""
+    if campaign.status == S.paused:
+        # A paused campaign keeps waiting for its resume, which starts a new run if needed.
+        return "detached" if detach(session, campaign_id=campaign_id, flow_run_id=flow_run_id) else ""
+    if end in (RunEnd.shutdown, RunEnd.pause_expired):
+        return "resumed" if detach(session, campaign_id=campaign_id, flow_run_id=flow_run_id) else ""
+    if end == RunEnd.cancelled and allowed(Event.cancel, campaign.status):
+        cancel(session, campaign=campaign)
+        return "cancelled"
+    if end == RunEnd.cancelled:
+        # Everything was dispatched (`sent`): there is nothing left to stop, so a new run goes
+        # on collecting the receipts.
+        return "resumed" if detach(session, campaign_id=campaign_id, flow_run_id=flow_run_id) else ""
+    if end == RunEnd.crashed and campaign.resume_count < max_resumes:
+        return "resumed" if detach(session, campaign_id=campaign_id, flow_run_id=flow_run_id) else ""
+    reason = {
+        RunEnd.crashed: FailureReason.crashed,
+        RunEnd.failed: FailureReason.internal,
+        RunEnd.completed: FailureReason.ended_early,
+    }[end]
+    return "failed" if fail(session, campaign_id=campaign_id, reason=reason) else ""
