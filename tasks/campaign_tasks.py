@@ -26,16 +26,12 @@ def _engine():  # type: ignore[no-untyped-def]
     return get_engine(get_settings())
 
 
-def _raised(state: Any) -> BaseException | None:
-    result = state.result(raise_on_failure=False)
-    return result if isinstance(result, BaseException) else None
-
-
-def _infrastructure_error(_task: Any, _run: Any, state: Any) -> bool:
+async def _infrastructure_error(_task: Any, _run: Any, state: Any) -> bool:
     # Infrastructure hiccups (database locked, connection reset) are worth a retry; the message
     # ledger makes a retried chunk skip what is already done. Domain errors (not found,
     # insufficient credits) and refused provider credentials fail the same way every time.
-    return not isinstance(_raised(state), DomainError | ProviderConfigError)
+    raised = await state.aresult(raise_on_failure=False)
+    return not isinstance(raised, DomainError | ProviderConfigError)
 
 
 @task(

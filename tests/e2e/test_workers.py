@@ -152,13 +152,18 @@ def test_two_workers_share_a_campaign_and_survive_one_being_killed(own_pg_url: s
             deadline = time.monotonic() + 90
             while True:
                 assert time.monotonic() < deadline, f"B never sent: {_chunk_runs(prefect_api, cid)}"
-                runs_b = [r for r in _chunk_runs(prefect_api, cid) if _worker_of(r) == name_b]
+                current = _chunk_runs(prefect_api, cid)
+                runs_b = [r for r in current if _worker_of(r) == name_b]
+                # A run a worker took but has not tagged yet could be B's too: wait for it.
+                starting = [
+                    r for r in current if _worker_of(r) is None and r["state_type"] in ("PENDING", "RUNNING")
+                ]
                 sent = [
                     _handed_over(engine, cid, r["parameters"]["start"], r["parameters"]["end"])
                     for r in runs_b
                 ]
                 sent_b = sum(sent)
-                if runs_b and min(sent) >= 10:  # every chunk run of B is sending
+                if runs_b and min(sent) >= 10 and not starting:  # every chunk run of B is sending
                     break
                 time.sleep(0.5)
             # Kill B and its chunk processes at once, mid-chunk.
@@ -183,7 +188,10 @@ def test_two_workers_share_a_campaign_and_survive_one_being_killed(own_pg_url: s
             by_worker: dict[str | None, list[dict[str, Any]]] = {}
             for r in runs:
                 by_worker.setdefault(_worker_of(r), []).append(r)
-            assert name_b in by_worker and len(by_worker) == 2, {k: len(v) for k, v in by_worker.items()}
+            assert name_b in by_worker and len(by_worker) == 2, {
+                k: [(r["name"], r["state_type"], r["state_name"], r["idempotency_key"]) for r in v]
+                for k, v in by_worker.items()
+            }
             assert {r["state_type"] for r in by_worker[name_b]} == {"CRASHED"}
             name_a = next(k for k in by_worker if k != name_b)
             # A re-ran B's ranges as new attempts and completed everything.
