@@ -24,6 +24,10 @@ class RecordingLauncher:
     def __init__(self) -> None:
         self.launched: list[dict[str, object]] = []
         self.cancelled: list[str] = []
+        self.paused: list[str] = []
+        self.resumed: list[tuple[str, datetime | None]] = []
+        self.rescheduled: list[tuple[str, datetime | None]] = []
+        self.resumable = True
         self.fail = False
 
     async def launch(
@@ -46,10 +50,20 @@ class RecordingLauncher:
                 "key": key,
             }
         )
-        return f"fr-{campaign_id}"
+        return f"fr-{key or campaign_id}"
 
     async def cancel(self, *, flow_run_id: str) -> None:
         self.cancelled.append(flow_run_id)
+
+    async def pause(self, *, flow_run_id: str) -> None:
+        self.paused.append(flow_run_id)
+
+    async def resume(self, *, flow_run_id: str, scheduled_at: datetime | None) -> bool:
+        self.resumed.append((flow_run_id, scheduled_at))
+        return self.resumable
+
+    async def reschedule(self, *, flow_run_id: str, scheduled_at: datetime | None) -> None:
+        self.rescheduled.append((flow_run_id, scheduled_at))
 
     async def healthy(self) -> bool:
         return True

@@ -232,3 +232,68 @@ async def test_no_answer_after_sending_is_outcome_unknown_but_never_connecting_i
     failures.append(httpx.ReadTimeout("slow lookup"))
     assert await chan.fetch_status("SM1", None) is None  # asked again at the next poll
     await chan.close()
+
+
+async def test_twilio_finds_a_sent_message_by_recipient_sender_and_text() -> None:
+    """GET Messages.json?To=&From=&DateSent>= (paged by next_page_uri), matched on the body and
+    on date_created: what a lost answer is resolved with."""
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    now = datetime.now(UTC)
+    fresh, old = format_datetime(now, usegmt=True), format_datetime(now - timedelta(hours=2), usegmt=True)
+    pages = {
+        "0": {
+            "messages": [
+                {
+                    "sid": "SM_other_text",
+                    "to": MSG.to,
+                    "body": "Something else",
+                    "status": "sent",
+                    "date_created": fresh,
+                },
+                {"sid": "SM_old", "to": MSG.to, "body": MSG.body, "status": "delivered", "date_created": old},
+            ],
+            "next_page_uri": "/2010-04-01/Accounts/AC123/Messages.json?To=%2B14155550100&Page=1&PageToken=x",
+        },
+        "1": {
+            "messages": [
+                {"sid": "SM_it", "to": MSG.to, "body": MSG.body, "status": "delivered", "date_created": fresh}
+            ],
+            "next_page_uri": None,
+        },
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=pages[request.url.params.get("Page", "0")])
+
+    transport, seen = mock(handler)
+    chan = twilio(transport)
+    await chan.open()
+    found = await chan.find_sent(MSG, now - timedelta(seconds=5))
+    await chan.close()
+    assert [(f.provider_message_id, f.status) for f in found] == [("SM_it", "delivered")]
+    first = seen[0].url
+    assert first.path == "/2010-04-01/Accounts/AC123/Messages.json"
+    assert first.params["To"] == MSG.to and first.params["From"] == MSG.sender
+    assert first.params["DateSent>="] == (now - timedelta(seconds=5)).strftime("%Y-%m-%d")
+    assert seen[1].url.params["PageToken"] == "x"
+    assert chan.sent_lookup_delay_s is not None
+
+
+def test_email_headers_never_carry_line_breaks() -> None:
+    """Regression: a contact name with a newline in a personalized subject raised ValueError in
+    the MIME builder (and could have added headers)."""
+    from channels.email_smtp import build_email
+
+    message = OutboundMessage(
+        message_id="msg_1",
+        campaign_id="cmp_1",
+        to="ada@example.com",
+        sender="news@example.com",
+        body="Hi",
+        subject="Hello Ada\r\nBcc: victim@example.com",
+    )
+    email = build_email(message, "<id@example.com>")
+    assert email["Subject"] == "Hello Ada Bcc: victim@example.com"
+    assert email["Bcc"] is None

@@ -339,3 +339,116 @@ async def test_outcomes_written_while_threads_are_busy_are_never_lost(
     await blocker
     assert report.accepted == 32
     assert {m.status for m in _messages(engine, cid)} == {"sent"}
+
+
+async def test_a_pause_stops_new_requests_and_hands_the_rest_back(settings: Settings, engine: Engine) -> None:
+    """Once the senders have seen the pause (the watcher looks 4 times a second), no new
+    request starts; in-flight ones finish and are recorded; claimed-but-unsent rows go back to
+    pending, and a resumed attempt sends only those."""
+    from core import ledger
+
+    cid = _started_campaign(engine, n=60)
+    channel = FakeChannel(delay=0.05)
+    settings = settings.model_copy(update={"sms": settings.sms.model_copy(update={"concurrency": 2})})
+    task = asyncio.create_task(
+        send_chunk(settings=settings, engine=engine, campaign_id=cid, start=0, end=60, channel=channel)
+    )
+    await asyncio.sleep(0.3)
+    with session_scope(engine) as session:
+        paused = lifecycle.pause(session, campaign=lifecycle.load(session, cid))
+    while True:  # what the API waits for before it answers
+        with session_scope(engine) as session:
+            if not ledger.unaware_attempts(session, campaign_id=cid, version=paused.control_version):
+                break
+        await asyncio.sleep(0.02)
+    answered = len(channel.attempts)
+    report = await task
+    assert report.stopped
+    assert len(channel.attempts) <= answered + 2  # at most the two requests already in flight
+    statuses = {m.status for m in _messages(engine, cid)}
+    assert statuses == {"sent", "pending"}  # nothing left `sending`, nothing unknown
+    before = len(channel.sent)
+    with session_scope(engine) as session:
+        lifecycle.resume(session, campaign=lifecycle.load(session, cid))
+    await send_chunk(settings=settings, engine=engine, campaign_id=cid, start=0, end=60, channel=channel)
+    assert len(channel.sent) == 60 and len({m.message_id for m in channel.sent}) == 60
+    assert before < 60
+
+
+async def test_the_provider_gets_the_text_that_was_priced(settings: Settings, engine: Engine) -> None:
+    """Regression: a PATCH of a contact during sending once made the provider receive a
+    1,600-character UCS-2 text (24 segments) priced at 1 credit. Content is frozen at the
+    snapshot."""
+    cid = _started_campaign(engine, n=2, body="Hi {{name}}")
+    cost_before = sum(m.cost for m in _messages(engine, cid))
+    with session_scope(engine) as session:
+        session.execute(update(Contact).values(name="Ж" * 1600))
+    channel = FakeChannel()
+    await send_chunk(settings=settings, engine=engine, campaign_id=cid, start=0, end=2, channel=channel)
+    assert sorted(m.body for m in channel.sent) == ["Hi Customer 0", "Hi Customer 1"]
+    assert cost_before == 2
+
+
+async def test_an_unexpected_error_fails_that_message_not_the_chunk(
+    settings: Settings, engine: Engine
+) -> None:
+    """Regression: a bug on one message (a header with a newline raised ValueError) failed the
+    whole chunk and then the campaign."""
+    cid = _started_campaign(engine, n=4)
+
+    def buggy(message: OutboundMessage, attempt: int) -> Any:
+        if message.to.endswith("1"):
+            raise ValueError("Header values may not contain linefeed or carriage return characters")
+        return None
+
+    report = await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=4, channel=FakeChannel(buggy)
+    )
+    assert (report.accepted, report.failed) == (3, 1)
+    failed = [m for m in _messages(engine, cid) if m.status == "failed"]
+    assert [(m.error_code, m.error_message) for m in failed] == [("internal_error", "internal error")]
+
+
+async def test_a_lost_answer_is_looked_up_not_resent_blindly(settings: Settings, engine: Engine) -> None:
+    """A request sent without an answer: where the provider can list what it got, the message is
+    found (takes that id) or, if the provider never got it, sent once more."""
+    from channels.base import UnknownOutcomeError
+
+    cid = _started_campaign(engine, n=2)
+    rows = _messages(engine, cid)
+    lost_after_arrival, lost_before_arrival = rows[0].id, rows[1].id
+
+    def flaky(message: OutboundMessage, attempt: int) -> Any:
+        if attempt == 1 and message.message_id == lost_before_arrival:
+            raise UnknownOutcomeError("connection dropped")  # it never reached the provider
+        if attempt == 1 and message.message_id == lost_after_arrival:
+            channel.sent.append(message)  # it reached the provider; the answer was lost
+            raise UnknownOutcomeError("read timeout")
+        return None
+
+    channel = FakeChannel(flaky)
+    channel.sent_lookup_delay_s = 0.1
+    report = await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=2, channel=channel
+    )
+    assert report.accepted == 2
+    assert channel.attempts == {lost_after_arrival: 1, lost_before_arrival: 2}
+    assert [m.message_id for m in channel.sent] == [lost_after_arrival, lost_before_arrival]
+    assert {m.status for m in _messages(engine, cid)} == {"sent"}
+
+
+async def test_no_lookup_means_outcome_unknown_charged_and_never_resent(
+    settings: Settings, engine: Engine
+) -> None:
+    from channels.base import UnknownOutcomeError
+
+    cid = _started_campaign(engine, n=1)
+
+    def lost(message: OutboundMessage, attempt: int) -> Any:
+        raise UnknownOutcomeError("read timeout")
+
+    channel = FakeChannel(lost)
+    await send_chunk(settings=settings, engine=engine, campaign_id=cid, start=0, end=1, channel=channel)
+    row = _messages(engine, cid)[0]
+    assert (row.status, row.error_code, row.retryable) == ("failed", "outcome_unknown", True)
+    assert sum(channel.attempts.values()) == 1

@@ -198,7 +198,7 @@ async def test_reconciler_mirrors_runs_that_died_without_hooks(
     report = await reconcile_once(settings, launcher)
     assert sorted(report.launched) == sorted([crashed, silent])
     assert {c["key"] for c in launcher.launched[1:]} == {f"{crashed}:resume-1", f"{silent}:resume-1"}
-    assert _state(flow_engine, crashed)[0].flow_run_id == f"fr-{crashed}"  # type: ignore[attr-defined]
+    assert _state(flow_engine, crashed)[0].flow_run_id == f"fr-{crashed}:resume-1"  # type: ignore[attr-defined]
     # Only the open campaigns still hold credits: crashed, silent, unlaunched (2 each).
     assert _state(flow_engine, crashed)[2].reserved == 6
 
