@@ -183,9 +183,14 @@ async def _apply(
         message = f"no heartbeat from the flow for {settings.stale_after_s:.0f} s (worker killed?)"
         await _crash_run(run_id, message)
         kind = "CRASHED"
-    if kind == "PAUSED" and campaign.status in (S.processing, S.scheduled) and _older(state, LOST_RESUME):
-        # Resumed through an API process that could not reach Prefect: resume the run now (a
-        # fresh Suspend from the UI is mirrored into the campaign within a second, not this).
+    if (
+        kind == "PAUSED"
+        and campaign.status in (S.processing, S.scheduled, S.sent)
+        and _older(state, LOST_RESUME)
+    ):
+        # Resumed through an API process that could not reach Prefect, or suspended in the UI
+        # once everything was dispatched (`sent` cannot pause): resume the run now. A fresh
+        # Suspend of a sending campaign is mirrored into it within a second, not this.
         if not await launcher.resume(flow_run_id=run_id, scheduled_at=campaign.scheduled_at):
             await in_session(engine, lifecycle.detach, campaign_id=campaign.id, flow_run_id=run_id)
         report.resumed.append(campaign.id)

@@ -5,8 +5,9 @@ campaign is paused, and the UI's buttons act on the campaign.
   fraction of a second), hands back what it had not sent and suspends itself: state Suspended
   (no timeout), the process exits, the runner slot is free.
 - The UI's Suspend button puts a running run in Suspended (with a 300 s timeout); the run's
-  heartbeat notices and pauses the campaign, then suspends itself the same way (without a
-  timeout, so Prefect never fails a campaign that is simply paused).
+  heartbeat notices and pauses the campaign. Prefect's engine lets the running task runs end
+  and raises `Pause` at the next one; the run then suspends itself the same way as above
+  (without a timeout, so Prefect never fails a campaign that is simply paused).
 - Resume (the UI's button, or POST …/resume through `PrefectLauncher.resume`) reschedules the
   run; it starts again from the top, and every step is idempotent: it only sends `pending` rows.
 - A run that cannot be rescheduled (no deployment, or a subflow) pauses in-process instead and
@@ -102,14 +103,7 @@ async def mirror_prefect_pause(campaign_id: str, run_id: str) -> bool:
     campaign = await _db(lifecycle.load, campaign_id=campaign_id)
     if lifecycle.allowed(lifecycle.Event.pause, campaign.status):
         campaign = await _db(lifecycle.pause, campaign=campaign)
-    elif campaign.status == CampaignStatus.sent:
-        # Everything is dispatched; only receipts are awaited: nothing to pause.
-        async with get_client() as client:
-            await client.set_flow_run_state(
-                uuid.UUID(run_id),
-                Running(message="campaign already dispatched; it cannot be paused"),
-                force=True,
-            )
+    # A `sent` campaign (only receipts awaited) cannot pause: the reconciler resumes its run.
     return campaign.status == CampaignStatus.paused
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
+from prefect.exceptions import Pause
 from prefect.states import Cancelled, Failed
 
 from channels.base import ProviderConfigError
@@ -108,7 +109,14 @@ async def send_campaign(campaign_id: str) -> Any:
     heartbeat = asyncio.create_task(_heartbeat(campaign_id, suspended))
     try:
         while True:
-            status = await _unless_suspended(campaign_id, suspended)
+            try:
+                status = await _unless_suspended(campaign_id, suspended)
+            except Pause:
+                # Suspended in the UI: Prefect stopped us at a task boundary. Pause the campaign
+                # (if the heartbeat has not yet) and suspend again, without the UI's timeout.
+                if not await control.mirror_prefect_pause(campaign_id, str(control.own_run_id())):
+                    raise  # not pausable (already dispatched): the reconciler resumes the run
+                status = S.paused
             if status != S.paused:
                 return _final_state(campaign_id, status)
             await control.hold_paused(campaign_id)  # suspends (exits) or returns once resumed

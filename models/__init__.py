@@ -38,7 +38,7 @@ __all__ = [
     "RateBucket",
     "SendAttempt",
     "SenderId",
-    "SenderSlot",
     "SenderIdStatus",
+    "SenderSlot",
     "StatusEvent",
 ]

@@ -57,7 +57,14 @@ def make_tenant(
     return Tenant(new.account_id, new.api_key, lst.id, sender)
 
 
-def bulk_tenant(engine: Engine, n: int, *, credits_amount: int | None = None, sender: str = "BULK") -> Tenant:
+def bulk_tenant(
+    engine: Engine,
+    n: int,
+    *,
+    credits_amount: int | None = None,
+    sender: str = "BULK",
+    phone_base: int = 12000000000,
+) -> Tenant:
     """An account with an approved SMS sender and a list of `n` contacts, bulk-inserted."""
     from sqlalchemy import insert
 
@@ -78,7 +85,7 @@ def bulk_tenant(engine: Engine, n: int, *, credits_amount: int | None = None, se
                     "id": cid,
                     "account_id": new.account_id,
                     "name": f"Person {i}",
-                    "phone": f"+1{2000000000 + i}",
+                    "phone": f"+{phone_base + i}",
                     "attributes": {},
                     "created_at": now,
                     "updated_at": now,

@@ -94,3 +94,75 @@ def test_worker_killed_mid_campaign_resumes_without_duplicates(tmp_path: Path) -
         api.close()
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=60)
+
+
+def test_power_loss_of_the_whole_tree_ends_with_every_recipient_messaged_exactly_once(tmp_path: Path) -> None:
+    """Regression: SIGKILL of `campaigns serve`, its Prefect server, worker and flow together,
+    with a Twilio campaign part-sent, then `serve` again on the same data directory: the resumed
+    run once waited forever for the sender's Prefect concurrency slot (its lease lived in the
+    dead server's memory). Now the slot's lease expires with its holder (or is taken back by
+    the same campaign), the messages in flight at the kill are looked up at Twilio, and every
+    recipient gets exactly one message; none ends outcome_unknown. A second campaign on the same
+    sender completes too."""
+    from collections import Counter
+
+    from tests.e2e.serving import kill_tree, wait_for
+    from tests.providers import fake_server as fk
+
+    n = 3000
+    fakes = fk.FakeProviders(latency_s=0.02, delivery_delay_s=0.2)
+    with fk.ServerThread(fakes.app) as server:
+        port = free_port()
+        env = clean_env(
+            CAMPAIGNS_DATA_DIR=str(tmp_path),
+            CAMPAIGNS_PREFECT_PORT=str(free_port()),
+            CAMPAIGNS_SMS__PROVIDER="twilio",
+            CAMPAIGNS_TWILIO__ACCOUNT_SID=fk.TWILIO_SID,
+            CAMPAIGNS_TWILIO__AUTH_TOKEN=fk.TWILIO_TOKEN,
+            CAMPAIGNS_TWILIO__BASE_URL=f"{server.url}/twilio",
+            CAMPAIGNS_SMS__RATE_PER_SECOND="200",
+            CAMPAIGNS_SMS__CONCURRENCY="8",
+            CAMPAIGNS_RECONCILE_INTERVAL_S="2",
+            CAMPAIGNS_STALE_AFTER_S="10",
+            CAMPAIGNS_DELIVERY__POLL_INTERVAL_S="0.5",
+        )
+        settings = Settings(data_dir=tmp_path)
+        migrate(settings)
+        engine = make_engine(settings.resolved_database_url())
+        tenant = bulk_tenant(engine, n, phone_base=16000000000)
+        phones = {f"+{16000000000 + i}" for i in range(n)}
+        log = tmp_path / "serve.log"
+        serve = start_serve(env, port, log)
+        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=tenant.headers, timeout=30)
+        body = {"channel": "sms", "body": "hi", "contact_list_id": tenant.list_id, "sender_id": tenant.sender}
+        try:
+            cid = api.post("/v1/campaigns", json={"name": "power loss", **body}).json()["id"]
+            wait_for(lambda: fakes.count("sms"), lambda k: k >= 900, 120, "sending")
+            kill_tree(serve)  # the whole tree at once, Prefect server included
+            before = fakes.count("sms")
+            assert before < n, "finished before the kill"
+            serve = start_serve(env, port, log)
+            second = api.post("/v1/campaigns", json={"name": "after the restart", **body}).json()["id"]
+            for campaign in (cid, second):
+                c = wait_for(
+                    lambda campaign=campaign: api.get(f"/v1/campaigns/{campaign}").json(),
+                    lambda c: c["status"] in ("completed", "failed", "cancelled"),
+                    300,
+                    f"campaign {campaign} finishing",
+                    1.0,
+                )
+                assert c["status"] == "completed" and c["delivered_count"] == n, c
+            at_fake = Counter(r.to for r in fakes.received)
+            assert set(at_fake) == phones and set(at_fake.values()) == {2}  # once per campaign
+            with session_scope(engine) as session:
+                unknown = session.execute(
+                    select(func.count()).where(Message.error_code == "outcome_unknown")
+                ).scalar_one()
+            assert unknown == 0
+            assert api.get("/v1/credits").json()["reserved"] == 0
+            print(f"killed with {before} of {n} at the fake; {fakes.lookups} lookups after the restart")
+        finally:
+            api.close()
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(timeout=60)
+            engine.dispose()

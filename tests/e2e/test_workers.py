@@ -26,6 +26,7 @@ from core.settings import Settings
 from deployments.stack import free_port
 from models import Message, MessageStatus
 from tests.e2e.serving import clean_env, start_serve
+from tests.e2e.serving import descendants as _descendants
 from tests.factories import bulk_tenant
 from tests.providers import fake_server as fk
 
@@ -33,28 +34,6 @@ pytestmark = pytest.mark.e2e
 
 N = 2400
 RUN_SIZE = 600  # four chunk runs, all in flight at once
-
-
-def _descendants(root: int) -> list[int]:
-    """Every process below `root` (flow-run processes start their own sessions, so a process
-    group kill would miss them)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        for child in children.get(pid, []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _chunk_runs(prefect_api: str, campaign_id: str) -> list[dict[str, Any]]:

@@ -108,6 +108,10 @@ class FakeProviders:
         self.telegram_ids: defaultdict[str, itertools.count[int]] = defaultdict(lambda: itertools.count(1))
         self.callbacks_sent = 0
         self.lookups = 0
+        # Every Twilio send request as it arrives (wall clock, To), accepted or not.
+        self.arrivals: list[tuple[float, str]] = []
+        # Recipients whose sends Twilio answers 503 for now (a provider outage).
+        self.outage: set[str] = set()
         # The next this-many Twilio sends are accepted but never answered.
         self.lose_answers = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -183,11 +187,17 @@ class FakeProviders:
         return {k: v for k, v in resource.items() if k not in ("created", "date_created_at")}
 
     async def twilio_create(self, request: Request) -> Response:
+        arrived = time.time()
         await self._latency()
         if not self._twilio_authorized(request):
             return JSONResponse({"code": 20003, "message": "Authenticate", "status": 401}, status_code=401)
         form = dict(await request.form())
         to = str(form.get("To", ""))
+        self.arrivals.append((arrived, to))
+        if to in self.outage:
+            return JSONResponse(
+                {"code": 20500, "message": "Service Unavailable", "status": 503}, status_code=503
+            )
         magic = {s: v["sms"] for s, v in SCENARIOS.items()}
         if to == magic["permanent"]:
             return JSONResponse(
