@@ -13,99 +13,28 @@ import contextlib
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
 
-from channels.base import Channel, OutboundMessage, ProviderConfigError
+from channels.base import Channel, ProviderConfigError
 from channels.registry import build_channel
-from core import ledger
+from core import attempts, ledger
+from core.chunk import CampaignView, ChunkReport, OutcomeWriter, open_view
 from core.db import in_session
 from core.delivery import RetryPolicy, Stopped, failed, look_up, outcome_of
 from core.ledger import Outcome
-from core.lifecycle import load
 from core.pacing import Pacer, pacer_for
 from core.settings import Settings
-from models import Campaign, ErrorCode, MessageStatus
+from models import ErrorCode
 
 log = logging.getLogger("campaigns.sender")
 CLAIM_BATCH = 500
-FLUSH_EVERY = 250
-FLUSH_INTERVAL_S = 0.5
 # The stop flag is refreshed from the database this often (a pause or cancel answers only once
 # every live attempt has seen it).
 WATCH_S = 0.25
 # Stop sending this long before our lease could expire in another process's eyes.
 LEASE_MARGIN_S = 5.0
-
-
-@dataclass
-class ChunkReport:
-    """What one chunk attempt did."""
-
-    claimed: int = 0
-    accepted: int = 0
-    delivered: int = 0
-    failed: int = 0
-    recovered: int = 0
-    recovered_unknown: int = 0
-    stopped: bool = False
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def count(self, outcome: Outcome) -> None:
-        """Add one outcome."""
-        if outcome.status == MessageStatus.failed:
-            self.failed += 1
-            code = outcome.error_code or "unknown"
-            self.errors[code] = self.errors.get(code, 0) + 1
-        else:
-            self.accepted += 1
-            if outcome.status == MessageStatus.delivered:
-                self.delivered += 1
-
-
-@dataclass(frozen=True)
-class CampaignView:
-    """What sending needs to know about a campaign (a plain copy, no session)."""
-
-    id: str
-    channel: str
-    sender: str
-    body: str | None
-    subject: str | None
-    template: dict[str, Any] | None
-
-    @classmethod
-    def of(cls, campaign: Campaign) -> CampaignView:
-        return cls(
-            campaign.id,
-            campaign.channel,
-            campaign.sender_value,
-            campaign.body,
-            campaign.subject,
-            campaign.template,
-        )
-
-    def message(self, row: dict[str, Any]) -> OutboundMessage:
-        """The message exactly as priced: the campaign's content with the row's frozen parts."""
-        frozen = row["content"] or {}
-        return OutboundMessage(
-            message_id=row["id"],
-            campaign_id=self.id,
-            to=row["to_address"],
-            sender=self.sender,
-            body=frozen.get("body", self.body),
-            subject=frozen.get("subject", self.subject),
-            template=frozen.get("template", self.template),
-        )
-
-
-def _open_view(session: Any, campaign_id: str) -> CampaignView | None:
-    campaign = load(session, campaign_id)
-    if campaign.status not in ledger.SENDING_STATUSES:
-        return None
-    return CampaignView.of(campaign)
 
 
 class ChunkSender:
@@ -135,8 +64,6 @@ class ChunkSender:
         self.attempt_id = ""
         self.stop = asyncio.Event()
         self.lease_until = 0.0
-        self._buffer: list[Outcome] = []
-        self._writes: set[asyncio.Future[None]] = set()
         # Claimed rows whose request has not gone out: handed back to pending if we stop.
         self._unsent: set[str] = set()
         self._queue: deque[dict[str, Any]] = deque()
@@ -154,23 +81,24 @@ class ChunkSender:
 
     async def run(self) -> ChunkReport:
         """Send every pending message of the range; stops early on pause or cancel."""
-        view = await in_session(self.engine, _open_view, self.campaign_id)
+        view = await in_session(self.engine, open_view, self.campaign_id)
         if view is None:
             self.report.stopped = True
             return self.report
         self.attempt_id = await self._db(
-            ledger.begin_attempt,
+            attempts.begin_attempt,
             campaign_id=self.campaign_id,
             start=self.start,
             end=self.end,
             flow_run_id=self.flow_run_id,
         )
-        self.lease_until = time.monotonic() + ledger.LEASE_S - LEASE_MARGIN_S
+        self.lease_until = time.monotonic() + attempts.LEASE_S - LEASE_MARGIN_S
         self._channel_name = view.channel
         channel = self.channel_override or build_channel(view.channel, self.settings)
         pacer, concurrency = self._pacing(view, channel)
         watcher = asyncio.create_task(self._watch())
-        flusher = asyncio.create_task(self._flush_periodically())
+        self.writer = OutcomeWriter(self.engine, self.attempt_id, view.channel)
+        flusher = asyncio.create_task(self.writer.run())
         await channel.open()
         senders: list[asyncio.Task[None]] = []
         try:
@@ -204,9 +132,11 @@ class ChunkSender:
         while True:
             try:
                 started = time.monotonic()
-                watch = await self._db(ledger.renew, attempt_id=self.attempt_id, campaign_id=self.campaign_id)
+                watch = await self._db(
+                    attempts.renew, attempt_id=self.attempt_id, campaign_id=self.campaign_id
+                )
                 if watch.alive:
-                    self.lease_until = started + ledger.LEASE_S - LEASE_MARGIN_S
+                    self.lease_until = started + attempts.LEASE_S - LEASE_MARGIN_S
                 if not watch.alive or watch.status not in ledger.SENDING_STATUSES:
                     if not self.stop.is_set():
                         log.info(
@@ -307,8 +237,8 @@ class ChunkSender:
             while (row := await self._next_row(claim_batch)) is not None:
                 async with pacer.semaphore:
                     await self._send_one(channel, pacer, view, row)
-                if len(self._buffer) >= FLUSH_EVERY:
-                    await self._flush()
+                if self.writer.full:
+                    await self.writer.flush()
         except BaseException as exc:  # config error or database failure: stop every sender
             if self._failure is None:
                 self._failure = exc
@@ -344,27 +274,7 @@ class ChunkSender:
 
     def _add(self, outcome: Outcome) -> None:
         self.report.count(outcome)
-        self._buffer.append(outcome)
-
-    async def _flush(self) -> None:
-        if self._buffer:
-            batch, self._buffer = self._buffer, []
-            # Shielded: a write cancelled while queued for a thread would never run, and its
-            # messages would stay `sending` although the provider has them.
-            write = asyncio.ensure_future(
-                self._db(
-                    ledger.record, attempt_id=self.attempt_id, channel=self._channel_name, outcomes=batch
-                )
-            )
-            self._writes.add(write)
-            write.add_done_callback(self._writes.discard)
-            await asyncio.shield(write)
-
-    async def _flush_periodically(self) -> None:
-        # Results reach the database within FLUSH_INTERVAL_S even when sends are slow.
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            await self._flush()
+        self.writer.add(outcome)
 
     async def _wind_down(
         self, senders: list[asyncio.Task[None]], flusher: asyncio.Task[None], watcher: asyncio.Task[None]
@@ -377,9 +287,7 @@ class ChunkSender:
         flusher.cancel()
         await asyncio.gather(flusher, return_exceptions=True)
         try:
-            await self._flush()  # recorded outcomes first, then hand back what never went out
-            if self._writes:
-                await asyncio.gather(*self._writes)
+            await self.writer.drain()  # recorded outcomes first, then hand back what never went out
             if self._unsent:
                 self.report.stopped = True
                 await self._db(ledger.unclaim, attempt_id=self.attempt_id, message_ids=list(self._unsent))
@@ -387,7 +295,7 @@ class ChunkSender:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             with contextlib.suppress(Exception):  # an unended lease simply expires
-                await self._db(ledger.end_attempt, attempt_id=self.attempt_id)
+                await self._db(attempts.end_attempt, attempt_id=self.attempt_id)
 
 
 async def send_chunk(

@@ -18,10 +18,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from core import ledger, lifecycle, slots
+from core import ledger, lifecycle, runs, slots
 from core.db import get_engine, in_session
 from core.launcher import Launcher
-from core.lifecycle import RunEnd
+from core.runs import RunEnd
 from core.settings import Settings
 from core.timeutil import as_utc, utcnow
 from flows.hooks import stopped_by_shutdown
@@ -43,7 +43,7 @@ class ReconcileReport:
     settled: list[str] = field(default_factory=list)
 
     def add(self, outcome: str, campaign_id: str) -> None:
-        """File a lifecycle.run_ended outcome."""
+        """File a runs.run_ended outcome."""
         target = {"resumed": self.resumed, "failed": self.failed, "cancelled": self.cancelled}.get(outcome)
         if target is not None:
             target.append(campaign_id)
@@ -132,12 +132,12 @@ async def _launch(engine: Any, launcher: Launcher, campaign: Campaign, report: R
             account_id=campaign.account_id,
             channel=campaign.channel,
             scheduled_at=campaign.scheduled_at,
-            key=lifecycle.launch_key(campaign),
+            key=runs.launch_key(campaign),
         )
     except Exception as exc:
         log.warning("could not launch %s yet: %s", campaign.id, exc)
         return
-    await in_session(engine, lifecycle.record_flow_run, campaign_id=campaign.id, flow_run_id=run_id)
+    await in_session(engine, runs.record_flow_run, campaign_id=campaign.id, flow_run_id=run_id)
     report.launched.append(campaign.id)
 
 
@@ -192,7 +192,7 @@ async def _apply(
         # once everything was dispatched (`sent` cannot pause): resume the run now. A fresh
         # Suspend of a sending campaign is mirrored into it within a second, not this.
         if not await launcher.resume(flow_run_id=run_id, scheduled_at=campaign.scheduled_at):
-            await in_session(engine, lifecycle.detach, campaign_id=campaign.id, flow_run_id=run_id)
+            await in_session(engine, runs.detach, campaign_id=campaign.id, flow_run_id=run_id)
         report.resumed.append(campaign.id)
         return
     end = _run_end(kind, state)
@@ -200,7 +200,7 @@ async def _apply(
         return
     outcome = await in_session(
         engine,
-        lifecycle.run_ended,
+        runs.run_ended,
         campaign_id=campaign.id,
         flow_run_id=run_id,
         end=end,

@@ -117,12 +117,12 @@ async def hold_paused(campaign_id: str) -> None:
     async with get_client() as client:
         fresh = await client.read_flow_run(run.id)
         if fresh.deployment_id is not None and fresh.parent_task_run_id is None:
-            state = Suspended(pause_key=str(uuid.uuid4()), message="campaign paused")
-            result = await client.set_flow_run_state(run.id, state, force=True)
+            suspended: Any = Suspended(pause_key=str(uuid.uuid4()), message="campaign paused")
+            result = await client.set_flow_run_state(run.id, suspended, force=True)
             # A resume that came while we were stopping must not be lost.
             if await _db(lifecycle.status_of, campaign_id=campaign_id) != CampaignStatus.paused:
                 await client.resume_flow_run(run.id)
-            raise Pause(state=result.state or state)
+            raise Pause(state=result.state or suspended)
         await client.set_flow_run_state(
             run.id, Paused(pause_key=str(uuid.uuid4()), message="campaign paused"), force=True
         )

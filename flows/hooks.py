@@ -1,7 +1,7 @@
 """Flow-run state hooks: the fast path that mirrors a run's end into its campaign.
 
 They run outside the run context (in the runner process for crashes and cancellations), take
-the campaign id from the run's parameters and hand the end to `lifecycle.run_ended`, which
+the campaign id from the run's parameters and hand the end to `runs.run_ended`, which
 decides. The reconciler covers the cases where no hook runs at all (runner and flow killed
 together)."""
 
@@ -14,9 +14,9 @@ from prefect import Flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import State
 
-from core import ledger, lifecycle
+from core import attempts, ledger, lifecycle, runs
 from core.db import get_engine, session_scope
-from core.lifecycle import RunEnd
+from core.runs import RunEnd
 from core.settings import get_settings
 
 log = logging.getLogger("campaigns.hooks")
@@ -35,8 +35,8 @@ def _end(flow_run: FlowRun, end: RunEnd, *, process_gone: bool) -> None:
     settings = get_settings()
     with session_scope(get_engine(settings)) as session:
         if process_gone:  # the runner saw the process exit: its leases end now, not in 20 s
-            ledger.end_attempts_of_run(session, flow_run_id=str(flow_run.id))
-        outcome = lifecycle.run_ended(
+            attempts.end_attempts_of_run(session, flow_run_id=str(flow_run.id))
+        outcome = runs.run_ended(
             session,
             campaign_id=str(campaign_id),
             flow_run_id=str(flow_run.id),

@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from core import accounts, campaigns, lifecycle
+from core import accounts, campaigns, runs
 from core.db import get_engine, session_scope
 from core.errors import NotFound
 from core.settings import get_settings
@@ -30,7 +30,7 @@ def _create(account_id: str, data: CampaignCreate) -> dict[str, Any]:
 
 def _record(campaign_id: str, flow_run_id: str) -> None:
     with session_scope(get_engine(get_settings())) as session:
-        lifecycle.record_flow_run(session, campaign_id=campaign_id, flow_run_id=flow_run_id)
+        runs.record_flow_run(session, campaign_id=campaign_id, flow_run_id=flow_run_id)
 
 
 @flow(name="launch-campaign", log_prints=True, persist_result=False)

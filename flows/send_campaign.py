@@ -19,7 +19,7 @@ from prefect.exceptions import Pause
 from prefect.states import Cancelled, Failed
 
 from channels.base import ProviderConfigError
-from core import counts, ledger, lifecycle, slots
+from core import attempts, counts, ledger, lifecycle, runs, slots
 from core.db import get_engine, get_read_engine, in_session, run_in_session
 from core.errors import InsufficientCredits
 from core.lifecycle import FailureReason
@@ -65,7 +65,7 @@ async def _heartbeat(campaign_id: str, suspended: asyncio.Event) -> None:
     while True:
         try:
             if beats % round(HEARTBEAT_S / COUNTS_S) == 0:
-                await _db(lifecycle.beat, campaign_id=campaign_id)
+                await _db(runs.beat, campaign_id=campaign_id)
             if (await _read(lifecycle.load, campaign_id)).total_recipients > counts.LIVE_COUNT_LIMIT:
                 # Count on a reader (no write lock held while counting), store in a short write.
                 found = (await _read(counts.message_counts, [campaign_id]))[campaign_id]
@@ -306,7 +306,7 @@ async def _run_chunk_tasks(
 
 
 def _run_has_live_attempts(session: Any, *, campaign_id: str, run_id: str | None) -> bool:
-    return any(a.flow_run_id == run_id for a in ledger.live_attempts(session, campaign_id=campaign_id))
+    return any(a.flow_run_id == run_id for a in attempts.live_attempts(session, campaign_id=campaign_id))
 
 
 async def _stopped(campaign_id: str, status: str) -> str:

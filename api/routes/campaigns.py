@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from api.deps import AccountId, Paging, in_db, page_body, read_json, state, validate_body
 from api.serialize import campaign_out, message_out
-from core import campaigns, counts, idempotency, ledger, lifecycle, retries
+from core import attempts, campaigns, counts, idempotency, ledger, lifecycle, retries, runs
 from core.errors import InvalidRequest
 from models import Campaign, CampaignStatus, Channel, MessageStatus
 from models.schemas import CampaignCreate, CampaignRetry, CampaignUpdate
@@ -139,9 +139,7 @@ async def _launch(
     except Exception as exc:
         log.warning("could not create the flow run of %s (%s); the reconciler will retry", campaign.id, exc)
         return None
-    await in_db(
-        request, lambda s: lifecycle.record_flow_run(s, campaign_id=campaign.id, flow_run_id=flow_run_id)
-    )
+    await in_db(request, lambda s: runs.record_flow_run(s, campaign_id=campaign.id, flow_run_id=flow_run_id))
     return flow_run_id
 
 
@@ -229,22 +227,21 @@ async def resume_campaign(request: Request, account_id: AccountId, campaign_id: 
     campaign = await in_db(request, _resume)
     launcher = state(request).launcher
     resumed = False
-    if campaign.flow_run_id:
+    run_id = campaign.flow_run_id
+    if run_id:
         try:
-            resumed = await launcher.resume(
-                flow_run_id=campaign.flow_run_id, scheduled_at=campaign.scheduled_at
-            )
+            resumed = await launcher.resume(flow_run_id=run_id, scheduled_at=campaign.scheduled_at)
         except Exception:
-            log.exception("could not resume flow run %s; the reconciler will", campaign.flow_run_id)
+            log.exception("could not resume flow run %s; the reconciler will", run_id)
             resumed = True  # the reconciler resumes a paused run of a resumed campaign
         if not resumed:  # Prefect will not resume that run (its pause timed out): a new one
             await in_db(
                 request,
-                lambda s: lifecycle.detach(s, campaign_id=campaign_id, flow_run_id=campaign.flow_run_id),
+                lambda s: runs.detach(s, campaign_id=campaign_id, flow_run_id=run_id),
             )
     if not resumed:
         fresh = await in_db(request, lambda s: lifecycle.load(s, campaign_id), write=False)
-        await _launch(request, fresh, account_id, key=lifecycle.launch_key(fresh))
+        await _launch(request, fresh, account_id, key=runs.launch_key(fresh))
     return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
 
 
@@ -283,7 +280,7 @@ async def _until_senders_stopped(request: Request, campaign: Campaign) -> None:
     while time.monotonic() < deadline:
         unaware = await in_db(
             request,
-            lambda s: ledger.unaware_attempts(s, campaign_id=campaign.id, version=campaign.control_version),
+            lambda s: attempts.unaware_attempts(s, campaign_id=campaign.id, version=campaign.control_version),
             write=False,
         )
         if not unaware:

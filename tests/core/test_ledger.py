@@ -188,7 +188,7 @@ async def test_orphans_of_a_dead_attempt_are_looked_up_before_anything_else(db: 
     from sqlalchemy import select, update
 
     from channels.base import OutboundMessage
-    from core.ledger import LEASE_S
+    from core.attempts import LEASE_S
     from core.sender import send_chunk
     from core.timeutil import utcnow
     from models import Message, SendAttempt
@@ -238,19 +238,19 @@ async def test_orphans_of_a_dead_attempt_are_looked_up_before_anything_else(db: 
 
 
 def test_finalize_waits_while_an_attempt_may_still_send(db: Engine) -> None:
-    from core import ledger
+    from core import attempts, ledger
 
     tenant = make_tenant(db, credits_amount=100, contacts_n=2, phone_base=14190000000)
     cid = _create(db, tenant)
     start_campaign(db, cid)
     with session_scope(db) as session:
-        attempt = ledger.begin_attempt(session, campaign_id=cid, start=0, end=2, flow_run_id="run-1")
+        attempt = attempts.begin_attempt(session, campaign_id=cid, start=0, end=2, flow_run_id="run-1")
     with session_scope(db) as session:
         lifecycle.cancel(session, campaign=lifecycle.load(session, cid))
     with session_scope(db) as session:
         assert lifecycle.load(session, cid).settled_at is None  # not while it lives
         assert ledger.finalize_stopped(session, campaign_id=cid, pending_code="cancelled") is False
-        assert ledger.end_attempts_of_run(session, flow_run_id="run-1") == 1  # its process is gone
+        assert attempts.end_attempts_of_run(session, flow_run_id="run-1") == 1  # its process is gone
     with session_scope(db) as session:
         assert ledger.finalize_stopped(session, campaign_id=cid, pending_code="cancelled") is True
         assert lifecycle.load(session, cid).credits_reserved == 0

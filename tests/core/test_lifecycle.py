@@ -9,10 +9,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, update
 
-from core import campaigns, lifecycle
+from core import campaigns, lifecycle, runs
 from core.db import session_scope
 from core.errors import Conflict
-from core.lifecycle import Event, FailureReason, RunEnd
+from core.lifecycle import Event, FailureReason
+from core.runs import RunEnd
 from models import Campaign, CampaignStatus
 from models.schemas import CampaignCreate
 from tests.factories import make_tenant, start_campaign
@@ -145,8 +146,8 @@ def test_a_crash_resumes_then_fails_with_a_sentence(engine: Engine) -> None:
     for attempt in range(3):
         run = f"run-{attempt}"
         with session_scope(engine) as session:
-            lifecycle.record_flow_run(session, campaign_id=cid, flow_run_id=run)
-            assert lifecycle.run_ended(
+            runs.record_flow_run(session, campaign_id=cid, flow_run_id=run)
+            assert runs.run_ended(
                 session, campaign_id=cid, flow_run_id=run, end=RunEnd.crashed, max_resumes=2
             ) == ("resumed" if attempt < 2 else "failed")
     campaign = _load(engine, cid)
@@ -171,11 +172,10 @@ def test_what_a_runs_end_does(engine: Engine, status: S, end: RunEnd, outcome: s
     cid = _campaign(engine, status, flow_run_id="run-1")
     with session_scope(engine) as session:
         assert (
-            lifecycle.run_ended(session, campaign_id=cid, flow_run_id="run-1", end=end, max_resumes=3)
-            == outcome
+            runs.run_ended(session, campaign_id=cid, flow_run_id="run-1", end=end, max_resumes=3) == outcome
         )
         # Another run's end never touches a campaign that moved on to a new run.
-        assert lifecycle.run_ended(session, campaign_id=cid, flow_run_id="old", end=end, max_resumes=3) == ""
+        assert runs.run_ended(session, campaign_id=cid, flow_run_id="old", end=end, max_resumes=3) == ""
     campaign = _load(engine, cid)
     assert campaign.status == after
     if outcome in ("resumed", "detached"):

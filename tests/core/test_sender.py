@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from channels.base import OutboundMessage, PermanentSendError, TransientSendError
-from core import campaigns, lifecycle, snapshot
+from core import campaigns, lifecycle, runs, snapshot
 from core.db import session_scope
 from core.sender import send_chunk
 from core.settings import Settings
@@ -298,13 +298,13 @@ def test_batched_snapshot_restarts_a_partial_one(engine: Engine, settings: Setti
 def test_a_crash_is_handled_once_even_by_two_reconcilers(engine: Engine) -> None:
     cid = _started_campaign(engine, n=1)
     with session_scope(engine) as session:
-        lifecycle.record_flow_run(session, campaign_id=cid, flow_run_id="run-1")
+        runs.record_flow_run(session, campaign_id=cid, flow_run_id="run-1")
     outcomes = []
     for _ in range(2):
         with session_scope(engine) as session:
             outcomes.append(
-                lifecycle.run_ended(
-                    session, campaign_id=cid, flow_run_id="run-1", end=lifecycle.RunEnd.crashed, max_resumes=3
+                runs.run_ended(
+                    session, campaign_id=cid, flow_run_id="run-1", end=runs.RunEnd.crashed, max_resumes=3
                 )
             )
     assert outcomes == ["resumed", ""]
@@ -345,7 +345,7 @@ async def test_a_pause_stops_new_requests_and_hands_the_rest_back(settings: Sett
     """Once the senders have seen the pause (the watcher looks 4 times a second), no new
     request starts; in-flight ones finish and are recorded; claimed-but-unsent rows go back to
     pending, and a resumed attempt sends only those."""
-    from core import ledger
+    from core import attempts
 
     cid = _started_campaign(engine, n=60)
     channel = FakeChannel(delay=0.05)
@@ -358,7 +358,7 @@ async def test_a_pause_stops_new_requests_and_hands_the_rest_back(settings: Sett
         paused = lifecycle.pause(session, campaign=lifecycle.load(session, cid))
     while True:  # what the API waits for before it answers
         with session_scope(engine) as session:
-            if not ledger.unaware_attempts(session, campaign_id=cid, version=paused.control_version):
+            if not attempts.unaware_attempts(session, campaign_id=cid, version=paused.control_version):
                 break
         await asyncio.sleep(0.02)
     answered = len(channel.attempts)

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine, select, update
 
-from core import campaigns, contacts, counts, credits, lifecycle, snapshot
+from core import campaigns, contacts, counts, credits, lifecycle, runs, snapshot
 from core.db import session_scope
 from core.settings import Settings
 from core.timeutil import utcnow
@@ -160,16 +160,16 @@ async def test_reconciler_mirrors_runs_that_died_without_hooks(
         silent: Running(),
         cancelled: Cancelled(message="cancelled in the UI"),
     }
-    runs = {}
+    run_ids = {}
     async with get_client() as client:
         for cid, state in states.items():
             run = await client.create_flow_run(stand_in, parameters={})
             await client.set_flow_run_state(run.id, state, force=True)
-            runs[cid] = str(run.id)
+            run_ids[cid] = str(run.id)
     with session_scope(flow_engine) as session:
-        for cid, run_id in runs.items():
+        for cid, run_id in run_ids.items():
             lifecycle.due(session, campaign_id=cid)
-            lifecycle.record_flow_run(session, campaign_id=cid, flow_run_id=run_id)
+            runs.record_flow_run(session, campaign_id=cid, flow_run_id=run_id)
             snapshot.take_snapshot(session, campaign_id=cid)
         session.execute(update(Campaign).where(Campaign.id == crashed_often).values(resume_count=3))
         session.execute(
@@ -192,7 +192,7 @@ async def test_reconciler_mirrors_runs_that_died_without_hooks(
     assert failed.status == "failed" and failed.failure_reason == lifecycle.FailureReason.crashed  # type: ignore[attr-defined]
     assert _state(flow_engine, cancelled)[0].status == "cancelled"  # type: ignore[attr-defined]
     async with get_client() as client:
-        assert (await client.read_flow_run(runs[silent])).state.is_crashed()
+        assert (await client.read_flow_run(run_ids[silent])).state.is_crashed()
 
     # The next pass starts the new runs, each with its own idempotency key.
     report = await reconcile_once(settings, launcher)
