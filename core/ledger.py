@@ -267,21 +267,22 @@ def fail_orphans(session: Session, *, campaign_id: str) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def finalize_stopped(session: Session, *, campaign_id: str, pending_code: str | None) -> bool:
-    """After a campaign stopped for good (cancelled, failed): once no attempt can still send,
-    fail its orphans, optionally its pending messages (`cancelled`), and settle its credits.
-    False while a live attempt remains (the reconciler tries again)."""
+def finalize_stopped(session: Session, *, campaign_id: str, cancelled: bool) -> bool:
+    """After a campaign stopped for good: once no attempt can still send, fail its orphans and,
+    if it was cancelled, its pending messages (`cancelled`; a failed one keeps them pending for
+    a retry of its run), and settle its credits. False while a live attempt remains (the run or
+    the reconciler tries again)."""
     if has_live_attempts(session, campaign_id=campaign_id):
         return False
     fail_orphans(session, campaign_id=campaign_id)
-    if pending_code is not None:
+    if cancelled:
         session.execute(
             update(Message)
             .where(col(Message.campaign_id) == campaign_id, col(Message.status) == MessageStatus.pending)
             .values(
                 status=MessageStatus.failed,
-                error_code=pending_code,
-                error_message=f"not sent: campaign {pending_code}",
+                error_code=ErrorCode.cancelled,
+                error_message="not sent: campaign cancelled",
                 retryable=True,
                 updated_at=utcnow(),
             )

@@ -204,7 +204,7 @@ def fail(session: Session, *, campaign_id: str, reason: FailureReason | str) -> 
     )
     if done:
         slots.release_all(session, holder=campaign_id)
-        ledger.finalize_stopped(session, campaign_id=campaign_id, pending_code=None)
+        ledger.finalize_stopped(session, campaign_id=campaign_id, cancelled=False)
     return done
 
 
@@ -238,7 +238,7 @@ def cancel(session: Session, *, campaign: Campaign) -> Campaign:
     if not apply(session, campaign.id, Event.cancel, S.cancelled, cancelled_at=utcnow()):
         raise _conflict(load(session, campaign.id), Event.cancel)
     slots.release_all(session, holder=campaign.id)
-    ledger.finalize_stopped(session, campaign_id=campaign.id, pending_code="cancelled")
+    ledger.finalize_stopped(session, campaign_id=campaign.id, cancelled=True)
     return load(session, campaign.id)
 
 

@@ -85,6 +85,9 @@ class ChunkSender:
         if view is None:
             self.report.stopped = True
             return self.report
+        self._channel_name = view.channel
+        channel = self.channel_override or build_channel(view.channel, self.settings)
+        pacer, concurrency = self._pacing(view, channel)
         self.attempt_id = await self._db(
             attempts.begin_attempt,
             campaign_id=self.campaign_id,
@@ -93,15 +96,12 @@ class ChunkSender:
             flow_run_id=self.flow_run_id,
         )
         self.lease_until = time.monotonic() + attempts.LEASE_S - LEASE_MARGIN_S
-        self._channel_name = view.channel
-        channel = self.channel_override or build_channel(view.channel, self.settings)
-        pacer, concurrency = self._pacing(view, channel)
         watcher = asyncio.create_task(self._watch())
         self.writer = OutcomeWriter(self.engine, self.attempt_id, view.channel)
         flusher = asyncio.create_task(self.writer.run())
-        await channel.open()
         senders: list[asyncio.Task[None]] = []
         try:
+            await channel.open()
             await self._resolve_orphans(channel, pacer, view, concurrency)
             claim_batch = min(CLAIM_BATCH, max(32, 4 * concurrency))
             senders = [

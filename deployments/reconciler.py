@@ -108,21 +108,19 @@ async def reconcile_once(settings: Settings, launcher: Launcher) -> ReconcileRep
         if state is not None:
             await _apply(engine, launcher, campaign, state, settings, report)
     for campaign in rows:
-        if campaign.status in (S.cancelled, S.failed) or (
-            await in_session(engine, lifecycle.status_of, campaign.id) in (S.cancelled, S.failed)
-        ):
-            code = "cancelled" if campaign.status == S.cancelled else None
-            if await in_session(engine, _settle_stopped, campaign.id, code):
-                report.settled.append(campaign.id)
+        if await in_session(engine, _settle_stopped, campaign.id):
+            report.settled.append(campaign.id)
     await in_session(engine, slots.reap_expired)
     return report
 
 
-def _settle_stopped(session: Session, campaign_id: str, pending_code: str | None) -> bool:
+def _settle_stopped(session: Session, campaign_id: str) -> bool:
+    """A cancelled or failed campaign not settled yet (a live attempt held it back): settle it
+    now if nothing can send for it any more."""
     campaign = lifecycle.load(session, campaign_id)
-    if campaign.settled_at is not None:
+    if campaign.settled_at is not None or campaign.status not in (S.cancelled, S.failed):
         return False
-    return ledger.finalize_stopped(session, campaign_id=campaign_id, pending_code=pending_code)
+    return ledger.finalize_stopped(session, campaign_id=campaign_id, cancelled=campaign.status == S.cancelled)
 
 
 async def _launch(engine: Any, launcher: Launcher, campaign: Campaign, report: ReconcileReport) -> None:

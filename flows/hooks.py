@@ -18,6 +18,7 @@ from core import attempts, ledger, lifecycle, runs
 from core.db import get_engine, session_scope
 from core.runs import RunEnd
 from core.settings import get_settings
+from models import CampaignStatus
 
 log = logging.getLogger("campaigns.hooks")
 
@@ -43,8 +44,8 @@ def _end(flow_run: FlowRun, end: RunEnd, *, process_gone: bool) -> None:
             end=end,
             max_resumes=settings.max_resumes,
         )
-        if lifecycle.status_of(session, str(campaign_id)) == "cancelled":
-            ledger.finalize_stopped(session, campaign_id=str(campaign_id), pending_code="cancelled")
+        if lifecycle.status_of(session, str(campaign_id)) == CampaignStatus.cancelled:
+            ledger.finalize_stopped(session, campaign_id=str(campaign_id), cancelled=True)
     log.info("campaign %s after its run ended %s: %s", campaign_id, end.value, outcome or "unchanged")
 
 

@@ -221,18 +221,17 @@ async def _dispatch(settings: Settings, campaign_id: str) -> str:
         slot = slots.hold(get_engine(settings), name=name, holder=campaign_id)
     try:
         async with slot:
+            size = chunk_run_size(settings, campaign.total_recipients) if settings.distribute_chunks else None
+            chunks = await plan_chunks(campaign_id, size)
             for _pass in range(DISPATCH_PASSES):
-                chunks = await plan_chunks(
-                    campaign_id,
-                    chunk_run_size(settings, campaign.total_recipients)
-                    if settings.distribute_chunks
-                    else None,
-                )
                 if not chunks:
                     break
                 await _send_chunks(settings, campaign, chunks)
                 if await _db(lifecycle.status_of, campaign_id) != S.processing:
                     break
+                chunks = await _db(
+                    ledger.open_ranges, campaign_id=campaign_id, chunk_size=size or settings.chunk_size
+                )
     except ProviderConfigError as exc:
         log.error("campaign %s: the provider refused our credentials: %s", campaign_id, exc)
         await _db(lifecycle.fail, campaign_id=campaign_id, reason=FailureReason.provider_credentials)
@@ -313,7 +312,7 @@ async def _stopped(campaign_id: str, status: str) -> str:
     """Sending stopped before the end: a cancelled campaign is finalized once nothing can still
     send for it; a paused one waits for its resume."""
     if status == S.cancelled:
-        while not await _db(ledger.finalize_stopped, campaign_id=campaign_id, pending_code="cancelled"):
+        while not await _db(ledger.finalize_stopped, campaign_id=campaign_id, cancelled=True):
             await asyncio.sleep(0.5)  # chunk runs elsewhere are still stopping
     if status == S.paused:
         await _db(slots.release_all, holder=campaign_id)

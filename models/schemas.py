@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
 from models.enums import Channel
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("name must not be blank")
+    return value
+
+
+# A campaign's name: 1-200 characters, not only blanks.
+CampaignName = Annotated[StrictStr, Field(min_length=1, max_length=200), AfterValidator(_not_blank)]
 
 
 class _Body(BaseModel):
@@ -39,7 +49,7 @@ class WhatsAppTemplate(_Body):
 
 
 class CampaignCreate(_Body):
-    name: StrictStr = Field(min_length=1, max_length=200)
+    name: CampaignName
     channel: Channel
     contact_list_id: StrictStr = Field(min_length=1, max_length=64)
     sender_id: StrictStr = Field(min_length=1, max_length=320)
@@ -48,29 +58,15 @@ class CampaignCreate(_Body):
     subject: StrictStr | None = Field(default=None, max_length=998)
     scheduled_at: datetime | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _name_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("name must not be blank")
-        return value
-
 
 class CampaignUpdate(_Body):
     """PATCH /v1/campaigns/{id}: any of these; `scheduled_at: null` means send now."""
 
-    name: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+    name: CampaignName | None = None
     body: StrictStr | None = None
     template: WhatsAppTemplate | None = None
     subject: StrictStr | None = Field(default=None, max_length=998)
     scheduled_at: datetime | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name_not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("name must not be blank")
-        return value
 
 
 class CampaignRetry(_Body):

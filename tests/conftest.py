@@ -163,3 +163,12 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
     eng = make_engine(pg_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Engine]:
+    """The test's SQLite database, then the session's PostgreSQL one (skipped where absent)."""
+    if request.param == "sqlite":
+        yield engine
+    else:
+        yield request.getfixturevalue("pg_engine")

@@ -270,7 +270,7 @@ async def cancel_campaign(request: Request, account_id: AccountId, campaign_id: 
 def _settled_after_cancel(session: Session, campaign_id: str) -> bool:
     if lifecycle.load(session, campaign_id).settled_at is not None:
         return True
-    return ledger.finalize_stopped(session, campaign_id=campaign_id, pending_code="cancelled")
+    return ledger.finalize_stopped(session, campaign_id=campaign_id, cancelled=True)
 
 
 async def _until_senders_stopped(request: Request, campaign: Campaign) -> None:

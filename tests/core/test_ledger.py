@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine
@@ -13,14 +12,6 @@ from core.db import session_scope
 from core.errors import InsufficientCredits
 from models.schemas import CampaignCreate
 from tests.factories import make_tenant, start_campaign
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        yield engine
-    else:
-        yield request.getfixturevalue("pg_engine")
 
 
 def _create(engine: Engine, tenant, body: str = "Hello {{first_name}}") -> str:  # type: ignore[no-untyped-def]
@@ -249,10 +240,10 @@ def test_finalize_waits_while_an_attempt_may_still_send(db: Engine) -> None:
         lifecycle.cancel(session, campaign=lifecycle.load(session, cid))
     with session_scope(db) as session:
         assert lifecycle.load(session, cid).settled_at is None  # not while it lives
-        assert ledger.finalize_stopped(session, campaign_id=cid, pending_code="cancelled") is False
+        assert ledger.finalize_stopped(session, campaign_id=cid, cancelled=True) is False
         assert attempts.end_attempts_of_run(session, flow_run_id="run-1") == 1  # its process is gone
     with session_scope(db) as session:
-        assert ledger.finalize_stopped(session, campaign_id=cid, pending_code="cancelled") is True
+        assert ledger.finalize_stopped(session, campaign_id=cid, cancelled=True) is True
         assert lifecycle.load(session, cid).credits_reserved == 0
     assert attempt.startswith("att_")
     assert _balance(db, tenant.account_id).reserved == 0

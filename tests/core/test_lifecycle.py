@@ -4,7 +4,6 @@ does to its campaign."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, update
@@ -20,14 +19,6 @@ from tests.factories import make_tenant, start_campaign
 
 S = CampaignStatus
 ALL = list(S)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        yield engine
-    else:
-        yield request.getfixturevalue("pg_engine")
 
 
 def _campaign(engine: Engine, status: str | None = None, **values: object) -> str:

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import Engine, update
 
 from core import slots
 from core.db import session_scope
 from core.timeutil import utcnow
 from models import SenderSlot
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        yield engine
-    else:
-        yield request.getfixturevalue("pg_engine")
 
 
 def _try(db: Engine, name: str, holder: str) -> bool:
