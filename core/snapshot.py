@@ -19,20 +19,24 @@ def content_of(campaign: Campaign) -> audience.Content:
     return audience.Content(body=campaign.body, subject=campaign.subject, template=campaign.template)
 
 
-def take_snapshot(session: Session, *, campaign_id: str) -> Campaign:
-    """Freeze the recipients into message rows, once; a re-run keeps the first snapshot."""
-    campaign = load(session, campaign_id)
-    if campaign.snapshot_at is not None:
-        return campaign
-    result = audience.snapshot(
-        session,
+def _snapshot(reader: Session, campaign: Campaign, sink: Any = None) -> audience.Audience:
+    return audience.snapshot(
+        reader,
         campaign_id=campaign.id,
         account_id=campaign.account_id,
         list_id=campaign.contact_list_id,
         channel=campaign.channel,
         content=content_of(campaign),
+        sink=sink,
     )
-    return _record_snapshot(session, campaign_id, result)
+
+
+def take_snapshot(session: Session, *, campaign_id: str) -> Campaign:
+    """Freeze the recipients into message rows, once; a re-run keeps the first snapshot."""
+    campaign = load(session, campaign_id)
+    if campaign.snapshot_at is not None:
+        return campaign
+    return _record_snapshot(session, campaign_id, _snapshot(session, campaign))
 
 
 def _record_snapshot(session: Session, campaign_id: str, result: audience.Audience) -> Campaign:
@@ -61,15 +65,7 @@ def take_snapshot_in_batches(engine: Engine, read_engine: Engine, *, campaign_id
             batch_session.execute(insert(table), rows)
 
     with session_scope(read_engine) as reader:
-        result = audience.snapshot(
-            reader,
-            campaign_id=campaign.id,
-            account_id=campaign.account_id,
-            list_id=campaign.contact_list_id,
-            channel=campaign.channel,
-            content=content_of(campaign),
-            sink=write,
-        )
+        result = _snapshot(reader, campaign, write)
     with session_scope(engine) as session:
         return _record_snapshot(session, campaign_id, result)
 

@@ -59,15 +59,6 @@ async def read_state(run_id: str) -> Any:
         return (await client.read_flow_run(uuid.UUID(run_id))).state
 
 
-async def is_paused_in_prefect() -> bool:
-    """True if this run is Paused or Suspended in Prefect right now."""
-    run_id = own_run_id()
-    if run_id is None:
-        return False
-    state = await read_state(run_id)
-    return state is not None and state.type == StateType.PAUSED
-
-
 async def resumed_since(run_id: str, paused_at: datetime | None) -> bool:
     """True if this run left a Paused/Suspended state after the campaign was paused, i.e. it
     was resumed in Prefect (the UI's Resume button) after that pause."""

@@ -19,7 +19,7 @@ from prefect.exceptions import Pause
 from prefect.states import Cancelled, Failed
 
 from channels.base import ProviderConfigError
-from core import attempts, counts, ledger, lifecycle, runs, slots
+from core import counts, ledger, lifecycle, runs, slots
 from core.db import get_engine, get_read_engine, in_session, run_in_session
 from core.errors import InsufficientCredits
 from core.lifecycle import FailureReason
@@ -41,9 +41,6 @@ from tasks.campaign_tasks import (
 SCHEDULE_CHECK_S = 1.0
 HEARTBEAT_S = 5.0
 COUNTS_S = 1.0
-# A pass of a run suspended in the Prefect UI is abandoned once none of its senders has been
-# alive for this long (Prefect holds its next task runs back until it is resumed).
-STOP_GRACE_S = 3.0
 DISPATCH_PASSES = 3
 S = CampaignStatus
 log = logging.getLogger("campaigns.flow")
@@ -57,7 +54,7 @@ async def _read(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
     return await in_session(get_read_engine(get_settings()), fn, *args, **kwargs)
 
 
-async def _heartbeat(campaign_id: str, suspended: asyncio.Event) -> None:
+async def _heartbeat(campaign_id: str) -> None:
     """Tell the reconciler this run is alive, keep the stored counts of a big campaign fresh
     (its GETs read them instead of counting), and notice a Suspend pressed in the Prefect UI."""
     run_id = control.own_run_id()
@@ -70,8 +67,8 @@ async def _heartbeat(campaign_id: str, suspended: asyncio.Event) -> None:
                 # Count on a reader (no write lock held while counting), store in a short write.
                 found = (await _read(counts.message_counts, [campaign_id]))[campaign_id]
                 await _db(counts.store_counts, campaign_id=campaign_id, counts=found)
-            if run_id is not None and await control.mirror_prefect_pause(campaign_id, run_id):
-                suspended.set()
+            if run_id is not None:
+                await control.mirror_prefect_pause(campaign_id, run_id)
         except Exception as exc:  # a missed beat is not worth failing the campaign for
             log.warning("heartbeat of %s not written: %s", campaign_id, exc)
         beats += 1
@@ -105,50 +102,25 @@ def _summary_rows(campaign_id: str) -> list[dict[str, Any]]:
 )
 async def send_campaign(campaign_id: str) -> Any:
     """Send a campaign to every recipient and see each message to a final status."""
-    suspended = asyncio.Event()  # the run was suspended in the Prefect UI
-    heartbeat = asyncio.create_task(_heartbeat(campaign_id, suspended))
+    heartbeat = asyncio.create_task(_heartbeat(campaign_id))
     try:
         while True:
             try:
-                status = await _unless_suspended(campaign_id, suspended)
+                status = await _run_once(campaign_id)
             except Pause:
-                # Suspended in the UI: Prefect stopped us at a task boundary. Pause the campaign
-                # (if the heartbeat has not yet) and suspend again, without the UI's timeout.
+                # Suspended in the UI: the heartbeat paused the campaign (its senders stopped),
+                # and Prefect's engine raised Pause at the next task boundary, once the running
+                # task runs had ended. Suspend again, without the UI's timeout.
                 if not await control.mirror_prefect_pause(campaign_id, str(control.own_run_id())):
                     raise  # not pausable (already dispatched): the reconciler resumes the run
                 status = S.paused
             if status != S.paused:
                 return _final_state(campaign_id, status)
             await control.hold_paused(campaign_id)  # suspends (exits) or returns once resumed
-            suspended.clear()
     finally:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
-
-
-async def _unless_suspended(campaign_id: str, suspended: asyncio.Event) -> str:
-    """One pass from the top. Prefect holds back every task run of a suspended run, so a pass
-    that waits for one never ends by itself: once the run is suspended in the UI and none of its
-    senders is alive any more, the pass is abandoned (every step is idempotent)."""
-    work = asyncio.create_task(_run_once(campaign_id))
-    idle_since: float | None = None
-    while True:
-        await asyncio.wait({work}, timeout=1.0)
-        if work.done():
-            return work.result()
-        if not suspended.is_set():
-            idle_since = None
-            continue
-        if await _db(_run_has_live_attempts, campaign_id=campaign_id, run_id=control.own_run_id()):
-            idle_since = None
-            continue
-        now = asyncio.get_running_loop().time()
-        idle_since = idle_since or now
-        if now - idle_since >= STOP_GRACE_S and await control.is_paused_in_prefect():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
-            return str(await _db(lifecycle.status_of, campaign_id))
 
 
 def _final_state(campaign_id: str, status: str) -> Any:
@@ -302,10 +274,6 @@ async def _run_chunk_tasks(
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise errors[0]
-
-
-def _run_has_live_attempts(session: Any, *, campaign_id: str, run_id: str | None) -> bool:
-    return any(a.flow_run_id == run_id for a in attempts.live_attempts(session, campaign_id=campaign_id))
 
 
 async def _stopped(campaign_id: str, status: str) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -118,28 +119,35 @@ async def _idempotent(
 
 
 async def _launch_body(request: Request, body: dict[str, Any], account_id: str) -> None:
-    campaign = await in_db(request, lambda s: lifecycle.load(s, body["id"]), write=False)
-    run_id = await _launch(request, campaign, account_id)
+    """Start the flow run of a campaign just created (its object is `body`)."""
+    scheduled = body["scheduled_at"]
+    when = datetime.fromisoformat(scheduled.replace("Z", "+00:00")) if scheduled else None
+    run_id = await _launch(request, body["id"], body["channel"], when, account_id)
     if run_id:
         body["flow_run_id"] = run_id
 
 
 async def _launch(
-    request: Request, campaign: Campaign, account_id: str, key: str | None = None
+    request: Request,
+    campaign_id: str,
+    channel: str,
+    scheduled_at: datetime | None,
+    account_id: str,
+    key: str | None = None,
 ) -> str | None:
     """Create the flow run; on failure the reconciler retries (the campaign stays as it is)."""
     try:
         flow_run_id = await state(request).launcher.launch(
-            campaign_id=campaign.id,
+            campaign_id=campaign_id,
             account_id=account_id,
-            channel=campaign.channel,
-            scheduled_at=campaign.scheduled_at,
+            channel=channel,
+            scheduled_at=scheduled_at,
             key=key,
         )
     except Exception as exc:
-        log.warning("could not create the flow run of %s (%s); the reconciler will retry", campaign.id, exc)
+        log.warning("could not create the flow run of %s (%s); the reconciler will retry", campaign_id, exc)
         return None
-    await in_db(request, lambda s: runs.record_flow_run(s, campaign_id=campaign.id, flow_run_id=flow_run_id))
+    await in_db(request, lambda s: runs.record_flow_run(s, campaign_id=campaign_id, flow_run_id=flow_run_id))
     return flow_run_id
 
 
@@ -241,7 +249,9 @@ async def resume_campaign(request: Request, account_id: AccountId, campaign_id: 
             )
     if not resumed:
         fresh = await in_db(request, lambda s: lifecycle.load(s, campaign_id), write=False)
-        await _launch(request, fresh, account_id, key=runs.launch_key(fresh))
+        await _launch(
+            request, fresh.id, fresh.channel, fresh.scheduled_at, account_id, key=runs.launch_key(fresh)
+        )
     return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
 
 

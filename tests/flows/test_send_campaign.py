@@ -234,3 +234,31 @@ async def test_launch_campaign_creates_and_triggers(flow_engine: Engine) -> None
         campaign_id=cid, account_id=tenant.account_id, channel="sms", scheduled_at=None
     )
     assert again == campaign.flow_run_id  # type: ignore[attr-defined]
+
+
+async def test_a_paused_run_that_cannot_be_rescheduled_waits_in_process(flow_engine: Engine) -> None:
+    """A run with no deployment (called directly) cannot be suspended and rescheduled: it shows
+    Paused in Prefect, waits in-process, and goes on once the campaign is resumed."""
+    import asyncio
+
+    from prefect import get_client
+
+    from flows.send_campaign import send_campaign
+
+    tenant = make_tenant(flow_engine, contacts_n=3, name="paused in process")
+    cid = _create(flow_engine, tenant)
+    with session_scope(flow_engine) as session:
+        lifecycle.pause(session, campaign=lifecycle.load(session, cid))
+    run = asyncio.create_task(send_campaign(cid))
+    await asyncio.sleep(4)
+    assert not run.done()
+    campaign, found, _ = _state(flow_engine, cid)
+    assert campaign.status == "paused" and found == {}  # nothing snapshotted, nothing sent
+    async with get_client() as client:
+        state = (await client.read_flow_run(campaign.flow_run_id)).state  # type: ignore[attr-defined]
+    assert state is not None and state.is_paused()
+    with session_scope(flow_engine) as session:
+        lifecycle.resume(session, campaign=lifecycle.load(session, cid))
+    result = await asyncio.wait_for(run, 60)
+    assert result["status"] == "completed"
+    assert _state(flow_engine, cid)[1] == {"delivered": 3}
