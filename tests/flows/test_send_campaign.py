@@ -35,7 +35,7 @@ def _create(engine: Engine, tenant: Tenant, **over: object) -> str:
         ).id
 
 
-def _state(engine: Engine, cid: str) -> tuple[object, dict[str, int], credits.Balance]:
+def _state(engine: Engine, cid: str) -> tuple[Campaign, dict[str, int], credits.Balance]:
     with session_scope(engine) as session:
         campaign = lifecycle.load(session, cid)
         found = counts.message_counts(session, [cid])[cid]
@@ -56,10 +56,10 @@ async def test_campaign_runs_to_completed(flow_engine: Engine) -> None:
     result = await send_campaign(cid)
     assert result["status"] == "completed"
     campaign, counts, balance = _state(flow_engine, cid)
-    assert campaign.status == "completed" and campaign.completed_at is not None  # type: ignore[attr-defined]
+    assert campaign.status == "completed" and campaign.completed_at is not None
     assert counts == {"delivered": 9, "failed": 1}
     assert (balance.balance, balance.reserved) == (41, 0)
-    assert campaign.credits_used == 9  # type: ignore[attr-defined]
+    assert campaign.credits_used == 9
 
 
 async def test_rerun_after_a_crash_sends_nothing_twice(flow_engine: Engine, flow_settings: Settings) -> None:
@@ -103,8 +103,8 @@ async def test_insufficient_credits_at_snapshot_fails_the_campaign(flow_engine: 
     state = await send_campaign(cid, return_state=True)
     assert state.is_failed()  # the run mirrors the campaign
     campaign, counts, balance = _state(flow_engine, cid)
-    assert campaign.status == "failed"  # type: ignore[attr-defined]
-    assert campaign.failure_reason == "insufficient_credits"  # type: ignore[attr-defined]
+    assert campaign.status == "failed"
+    assert campaign.failure_reason == "insufficient_credits"
     assert counts == {"pending": 4}  # nothing was sent
     assert (balance.balance, balance.reserved) == (3, 0)
 
@@ -127,7 +127,7 @@ async def test_no_message_leaves_before_scheduled_at(flow_engine: Engine) -> Non
     tenant = make_tenant(flow_engine, contacts_n=2, name="scheduled")
     when = utcnow() + timedelta(seconds=3)
     cid = _create(flow_engine, tenant, scheduled_at=when)
-    assert _state(flow_engine, cid)[0].status == "scheduled"  # type: ignore[attr-defined]
+    assert _state(flow_engine, cid)[0].status == "scheduled"
     start = time.monotonic()
     assert (await send_campaign(cid))["status"] == "completed"
     assert time.monotonic() - start >= 2.5
@@ -186,11 +186,11 @@ async def test_reconciler_mirrors_runs_that_died_without_hooks(
     assert report.failed == [crashed_often] and report.cancelled == [cancelled]
     assert [c["campaign_id"] for c in launcher.launched] == [unlaunched]
     c = _state(flow_engine, crashed)[0]
-    assert (c.status, c.flow_run_id, c.resume_count) == ("processing", None, 1)  # type: ignore[attr-defined]
+    assert (c.status, c.flow_run_id, c.resume_count) == ("processing", None, 1)
     failed = _state(flow_engine, crashed_often)[0]
     # The account reads a sentence, never the internal error text.
-    assert failed.status == "failed" and failed.failure_reason == lifecycle.FailureReason.crashed  # type: ignore[attr-defined]
-    assert _state(flow_engine, cancelled)[0].status == "cancelled"  # type: ignore[attr-defined]
+    assert failed.status == "failed" and failed.failure_reason == lifecycle.FailureReason.crashed
+    assert _state(flow_engine, cancelled)[0].status == "cancelled"
     async with get_client() as client:
         assert (await client.read_flow_run(run_ids[silent])).state.is_crashed()
 
@@ -198,7 +198,7 @@ async def test_reconciler_mirrors_runs_that_died_without_hooks(
     report = await reconcile_once(settings, launcher)
     assert sorted(report.launched) == sorted([crashed, silent])
     assert {c["key"] for c in launcher.launched[1:]} == {f"{crashed}:resume-1", f"{silent}:resume-1"}
-    assert _state(flow_engine, crashed)[0].flow_run_id == f"fr-{crashed}:resume-1"  # type: ignore[attr-defined]
+    assert _state(flow_engine, crashed)[0].flow_run_id == f"fr-{crashed}:resume-1"
     # Only the open campaigns still hold credits: crashed, silent, unlaunched (2 each).
     assert _state(flow_engine, crashed)[2].reserved == 6
 
@@ -221,9 +221,9 @@ async def test_launch_campaign_creates_and_triggers(flow_engine: Engine) -> None
         body="Hello {{name}}",
     )
     campaign, _, balance = _state(flow_engine, cid)
-    assert campaign.flow_run_id and balance.reserved == 2  # type: ignore[attr-defined]
+    assert campaign.flow_run_id and balance.reserved == 2
     async with get_client() as client:
-        run = await client.read_flow_run(campaign.flow_run_id)  # type: ignore[attr-defined]
+        run = await client.read_flow_run(campaign.flow_run_id)
     assert run.name == cid and run.parameters == {"campaign_id": cid}
     assert {"channel:sms", f"account:{tenant.account_id}"} <= set(run.tags)
     assert run.state is not None and run.state.is_scheduled()
@@ -233,7 +233,7 @@ async def test_launch_campaign_creates_and_triggers(flow_engine: Engine) -> None
     again = await PrefectLauncher().launch(
         campaign_id=cid, account_id=tenant.account_id, channel="sms", scheduled_at=None
     )
-    assert again == campaign.flow_run_id  # type: ignore[attr-defined]
+    assert again == campaign.flow_run_id
 
 
 async def test_a_paused_run_that_cannot_be_rescheduled_waits_in_process(flow_engine: Engine) -> None:
@@ -255,7 +255,7 @@ async def test_a_paused_run_that_cannot_be_rescheduled_waits_in_process(flow_eng
     campaign, found, _ = _state(flow_engine, cid)
     assert campaign.status == "paused" and found == {}  # nothing snapshotted, nothing sent
     async with get_client() as client:
-        state = (await client.read_flow_run(campaign.flow_run_id)).state  # type: ignore[attr-defined]
+        state = (await client.read_flow_run(campaign.flow_run_id)).state
     assert state is not None and state.is_paused()
     with session_scope(flow_engine) as session:
         lifecycle.resume(session, campaign=lifecycle.load(session, cid))
