@@ -36,6 +36,9 @@ from core.timeutil import as_utc
 from models import CampaignStatus
 
 POLL_S = 1.0
+# Campaigns whose run is holding its own pause (hold_paused): the Paused state in Prefect is
+# ours then, and the heartbeat must not mirror it back onto a campaign the API just resumed.
+_holding: set[str] = set()
 
 
 def own_run() -> FlowRun | None:
@@ -88,8 +91,10 @@ async def settle_start(campaign_id: str) -> str:
 async def mirror_prefect_pause(campaign_id: str, run_id: str) -> bool:
     """Called every second by the heartbeat: a run suspended in the UI pauses its campaign.
     True while the run is paused in Prefect and its campaign too."""
+    if campaign_id in _holding:
+        return False
     state = await read_state(run_id)
-    if state is None or state.type != StateType.PAUSED:
+    if state is None or state.type != StateType.PAUSED or campaign_id in _holding:
         return False
     campaign = await _db(lifecycle.load, campaign_id=campaign_id)
     if lifecycle.allowed(lifecycle.Event.pause, campaign.status):
@@ -105,6 +110,14 @@ async def hold_paused(campaign_id: str) -> None:
     run = own_run()
     if run is None:  # not in a flow run (tests calling .fn): nothing to show
         return
+    _holding.add(campaign_id)
+    try:
+        await _hold(campaign_id, run)
+    finally:
+        _holding.discard(campaign_id)
+
+
+async def _hold(campaign_id: str, run: FlowRun) -> None:
     async with get_client() as client:
         fresh = await client.read_flow_run(run.id)
         if fresh.deployment_id is not None and fresh.parent_task_run_id is None:
