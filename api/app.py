@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from api import errors
+from api import errors, observability
 from api.deps import AppState, KeyCache
-from api.routes import account, campaigns, contacts, webhooks
+from api.routes import account, campaigns, contacts, webhook_endpoints, webhooks
 from core.db import get_engine, get_read_engine, make_engine
 from core.launcher import Launcher, NullLauncher
 from core.ratelimit import Buckets, DbTokenBuckets, TokenBuckets
@@ -50,8 +50,10 @@ def create_app(
         keys=KeyCache(settings.api.key_cache_s),
     )
     errors.install(app)
+    observability.install(app)
     app.include_router(campaigns.router)
     app.include_router(contacts.router)
     app.include_router(account.router)
+    app.include_router(webhook_endpoints.router)
     app.include_router(webhooks.router)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import secrets
 from typing import Any
@@ -13,11 +12,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import DomainError, RateLimited
+from core.logs import request_id_var
 
 log = logging.getLogger("campaigns.api")
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 HTTP_CODES = {
+    413: "payload_too_large",
     400: "invalid_request",
     401: "unauthorized",
     403: "forbidden",
@@ -27,6 +27,39 @@ HTTP_CODES = {
     422: "validation_error",
     429: "rate_limit_exceeded",
 }
+
+
+ERROR_DESCRIPTIONS = {
+    400: "Malformed JSON, a missing or mistyped field, or bad pagination (invalid_request).",
+    401: "Missing, malformed, unknown or revoked API key (unauthorized).",
+    403: "Bad webhook signature (forbidden).",
+    404: "No such resource in this account (not_found).",
+    409: "Conflicts with the resource's current state (conflict).",
+    413: "The request body is too large (payload_too_large).",
+    422: "Well-formed but semantically invalid (validation_error, insufficient_credits).",
+    429: "Over the account's rate limit (rate_limit_exceeded); see Retry-After.",
+    500: "Internal error (internal_error).",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, each with the SPEC error body (429 also
+    declares its Retry-After header)."""
+    from models.public import ErrorBody
+
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in sorted({*statuses, 500}):
+        entry: dict[str, Any] = {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]}
+        if status == 429:
+            entry["headers"] = {
+                "Retry-After": {"description": "Seconds to wait (≥ 1).", "schema": {"type": "integer"}}
+            }
+        out[status] = entry
+    return out
+
+
+# The errors every authenticated route can return before it does anything.
+AUTH_ERRORS = (400, 401, 413, 429)
 
 
 def error_response(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,24 @@ class ApiSettings(BaseModel):
     workers: int = Field(default=1, ge=1, le=32)
     # An API key stays valid this long in each API process's memory after a lookup.
     key_cache_s: float = Field(default=5.0, ge=0)
+    # Request bodies over these sizes are 413 payload_too_large before they are parsed.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_import_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_webhook_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Campaigns an account may have open (draft, scheduled, processing, paused, sent) at once.
+    max_open_campaigns: int = Field(default=1000, ge=1)
+
+
+class WebhooksSettings(BaseModel):
+    """Event webhooks (SPEC §9): delivery by the workers, retried with exponential backoff."""
+
+    # Loopback, private and link-local targets are refused unless this is true.
+    allow_private: bool = False
+    timeout_s: float = Field(default=10.0, gt=0)
+    # A delivery is retried with backoff (capped at max_backoff_s) until it is this old.
+    retry_for_s: float = Field(default=3 * 86400.0, ge=0)
+    max_backoff_s: float = Field(default=3600.0, gt=0)
+    poll_interval_s: float = Field(default=1.0, gt=0)
 
 
 class DeliverySettings(BaseModel):
@@ -119,7 +138,13 @@ class Settings(BaseSettings):
     # and together respect the provider's limits.
     global_limits: bool = True
 
+    # "text" (human-readable) or "json" (one object a line: ts, level, logger, message and
+    # request_id / account_id / campaign_id where known).
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+
     api: ApiSettings = ApiSettings()
+    webhooks: WebhooksSettings = WebhooksSettings()
     delivery: DeliverySettings = DeliverySettings()
     sms: ChannelSettings = ChannelSettings()
     whatsapp: ChannelSettings = ChannelSettings()

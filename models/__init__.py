@@ -12,11 +12,14 @@ from models.tables import (
     IdempotencyRecord,
     ListMembership,
     Message,
+    MetricCounter,
     RateBucket,
     SendAttempt,
     SenderId,
     SenderSlot,
     StatusEvent,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 
 __all__ = [
@@ -35,10 +38,13 @@ __all__ = [
     "ListMembership",
     "Message",
     "MessageStatus",
+    "MetricCounter",
     "RateBucket",
     "SendAttempt",
     "SenderId",
     "SenderIdStatus",
     "SenderSlot",
     "StatusEvent",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

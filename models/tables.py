@@ -5,12 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
 class Account(SQLModel, table=True):
     __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint("balance >= 0", name="ck_accounts_balance_nonnegative"),
+        CheckConstraint("reserved >= 0", name="ck_accounts_reserved_nonnegative"),
+    )
 
     id: str = Field(primary_key=True, max_length=40)
     name: str = Field(max_length=200)
@@ -27,7 +31,9 @@ class ApiKey(SQLModel, table=True):
     account_id: str = Field(foreign_key="accounts.id", index=True, max_length=40)
     key_hash: str = Field(unique=True, max_length=64)
     prefix: str = Field(max_length=12)
+    name: str | None = Field(default=None, max_length=200)
     created_at: datetime
+    last_used_at: datetime | None = None
     revoked_at: datetime | None = None
 
 
@@ -252,3 +258,55 @@ class IdempotencyRecord(SQLModel, table=True):
     status_code: int
     response: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """Where an account wants its events POSTed (SPEC §9), with the secret that signs them."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: str = Field(primary_key=True, max_length=40)
+    account_id: str = Field(foreign_key="accounts.id", index=True, max_length=40)
+    url: str = Field(max_length=2048)
+    events: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    secret: str = Field(max_length=100)
+    created_at: datetime
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """The outbox: one row per (event, endpoint), inserted in the transaction of the change it
+    reports and deleted... never: kept with `delivered_at` (or `failed_at` once retries gave up).
+    Events of one campaign go out to an endpoint in `id` order."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "delivered_at", "failed_at", "next_attempt_at"),
+        Index("ix_webhook_deliveries_order", "endpoint_id", "campaign_id", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=40, index=True)
+    endpoint_id: str = Field(max_length=40)
+    account_id: str = Field(max_length=40)
+    campaign_id: str | None = Field(default=None, max_length=40)
+    type: str = Field(max_length=64)
+    # The exact JSON body sent (and signed), fixed when the event happened.
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime
+    attempts: int = 0
+    next_attempt_at: datetime
+    delivered_at: datetime | None = None
+    failed_at: datetime | None = None
+    last_error: str | None = Field(default=None, max_length=500)
+
+
+class MetricCounter(SQLModel, table=True):
+    """Counters of every process (flow runs, API workers), added to in batches and read by
+    GET /metrics: the database is the one place all processes share."""
+
+    __tablename__ = "metric_counters"
+
+    name: str = Field(primary_key=True, max_length=100)
+    # Canonical JSON of the label set, e.g. {"outcome":"accepted","provider":"twilio"}.
+    labels: str = Field(primary_key=True, max_length=500)
+    value: float = 0.0
