@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from api import errors, observability
+from api import errors, observability, openapi
 from api.deps import AppState, KeyCache
-from api.routes import account, campaigns, contacts, webhook_endpoints, webhooks
+from api.limits import BodyLimitMiddleware
+from api.routes import account, api_keys, campaigns, contacts, webhook_endpoints, webhooks
 from core.db import get_engine, get_read_engine, make_engine
 from core.launcher import Launcher, NullLauncher
 from core.ratelimit import Buckets, DbTokenBuckets, TokenBuckets
@@ -49,11 +50,14 @@ def create_app(
         buckets=buckets,
         keys=KeyCache(settings.api.key_cache_s),
     )
+    app.add_middleware(BodyLimitMiddleware, settings=settings.api)
     errors.install(app)
     observability.install(app)
     app.include_router(campaigns.router)
     app.include_router(contacts.router)
     app.include_router(account.router)
+    app.include_router(api_keys.router)
     app.include_router(webhook_endpoints.router)
     app.include_router(webhooks.router)
+    openapi.install(app)
     return app

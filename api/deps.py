@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -19,8 +20,10 @@ from core.db import session_scope
 from core.errors import InvalidRequest, RateLimited, Unauthorized
 from core.ids import hash_api_key
 from core.launcher import Launcher
+from core.logs import account_id_var
 from core.ratelimit import Buckets, TokenBuckets, retry_after_header
 from core.settings import Settings
+from core.timeutil import utcnow
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -39,6 +42,10 @@ class KeyCache:
         if entry is None or entry[1] < time.monotonic():
             return None
         return entry[0]
+
+    def forget_all(self) -> None:
+        """Drop every entry (after a revoke: this process refuses the key at once)."""
+        self._entries.clear()
 
     def put(self, key: str, account_id: str) -> None:
         if self.ttl <= 0:
@@ -76,28 +83,39 @@ async def in_db(request: Request, fn: Callable[[Session], T], *, write: bool = T
     return await run_in_threadpool(_run)
 
 
-async def current_account_id(request: Request) -> str:
+# Declares the `bearer` security scheme in OpenAPI; the header is checked below (SPEC's 401 body).
+bearer = HTTPBearer(scheme_name="bearer", auto_error=False, description="Authorization: Bearer <api_key>")
+
+
+async def current_account_id(
+    request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None
+) -> str:
     """Authenticate the bearer key, then apply the account's rate limit (SPEC order)."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key or len(key) > 200:
         raise Unauthorized("missing or malformed Authorization header; use 'Bearer <api_key>'")
     app_state = state(request)
     buckets = app_state.buckets
-    cache_key = hash_api_key(key.strip())  # the cache holds no raw keys
+    cache_key = hash_api_key(key)  # the cache holds no raw keys
     account_id = app_state.keys.get(cache_key)
     if account_id is not None and isinstance(buckets, TokenBuckets):
         wait = buckets.take(account_id)  # in memory: no thread, no database
     else:
 
-        def _authenticate(session: Session) -> tuple[str | None, float]:
-            account = accounts.account_for_key(session, key=key.strip())
-            return (None, 0.0) if account is None else (account.id, buckets.take(account.id))
+        def _authenticate(session: Session) -> tuple[accounts.KeyOwner | None, float]:
+            owner = accounts.owner_of_key(session, key=key)
+            return (None, 0.0) if owner is None else (owner, buckets.take(owner.account_id))
 
-        account_id, wait = await in_db(request, _authenticate, write=False)
-        if account_id is None:
-            raise Unauthorized("unknown API key")
+        owner, wait = await in_db(request, _authenticate, write=False)
+        if owner is None:
+            raise Unauthorized("unknown or revoked API key")
+        account_id = owner.account_id
+        if owner.needs_touch(utcnow()):  # at most once a minute per key
+            await in_db(request, lambda s: accounts.touch_api_key(s, key_id=owner.key_id))
         app_state.keys.put(cache_key, account_id)
+    account_id_var.set(account_id)
     if wait > 0:
         raise RateLimited("too many requests; slow down", retry_after=retry_after_header(wait))
     return account_id
@@ -145,6 +163,8 @@ async def read_json(request: Request, *, allow_empty: bool = False) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("malformed JSON: nested too deeply") from None
 
 
 def validate_body(model: type[M], data: Any) -> M:

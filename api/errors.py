@@ -80,6 +80,9 @@ def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
 
+_NOT_AN_OBJECT = ("missing", "dict_type", "model_attributes_type")
+
+
 def _validation_details(exc: RequestValidationError) -> dict[str, Any]:
     errors = []
     for err in exc.errors():
@@ -137,9 +140,17 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(
-            400, "invalid_request", "request parameters are invalid", _validation_details(exc)
-        )
+        details = _validation_details(exc)
+        first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            message = "malformed JSON"
+        elif first.get("loc") == ("body",) and first.get("type") in _NOT_AN_OBJECT:
+            message = "request body must be a JSON object"
+        else:
+            field = details["errors"][0]["field"] if details["errors"] else None
+            text = str(first.get("msg", "invalid request"))
+            message = f"{field}: {text}" if field else text
+        return error_response(400, "invalid_request", message, details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -47,6 +47,56 @@ def cmd_accounts_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    from core import accounts
+    from core.errors import NotFound
+
+    def _create(session: Any) -> tuple[Any, str]:
+        if accounts.get_account(session, args.account_id) is None:
+            raise NotFound(f"no account {args.account_id}")
+        return accounts.create_api_key(session, account_id=args.account_id, name=args.name)
+
+    row, key = _with_db(settings, _create)
+    _print(
+        args,
+        {"key_id": row.id, "api_key": key, "prefix": row.prefix, "account_id": args.account_id},
+        f"key_id:  {row.id}\napi_key: {key}\n(the key is shown once; store it now)",
+    )
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    from api.routes.api_keys import key_out
+    from core import accounts
+    from core.errors import NotFound
+
+    def _list(session: Any) -> list[dict[str, Any]]:
+        if accounts.get_account(session, args.account_id) is None:
+            raise NotFound(f"no account {args.account_id}")
+        rows, _total = accounts.list_api_keys(session, account_id=args.account_id, per_page=10**9)
+        return [key_out(r) for r in rows]
+
+    keys = _with_db(settings, _list)
+    if getattr(args, "json", False):
+        print(json.dumps(keys))
+        return 0
+    for k in keys:
+        state = f"revoked {k['revoked_at']}" if k["revoked_at"] else "active"
+        used = k["last_used_at"] or "-"
+        name = f"  {k['name']}" if k["name"] else ""
+        print(f"{k['id']}  {k['prefix']}…  {state}  created {k['created_at']}  last used {used}{name}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from api.routes.api_keys import key_out
+    from core import accounts
+
+    row = _with_db(settings, lambda s: key_out(accounts.revoke_api_key(s, key_id=args.key_id)))
+    _print(args, row, f"revoked {row['id']} ({row['prefix']}…) at {row['revoked_at']}")
+    return 0
+
+
 def cmd_credits_add(args: argparse.Namespace, settings: Settings) -> int:
     from core import credits
 
@@ -277,6 +327,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--credits", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_accounts_create)
+
+    keys = sub.add_parser("keys", help="API keys of an account").add_subparsers(dest="sub", required=True)
+    p = keys.add_parser("create", help="issue a new API key for an account (shown once)")
+    p.add_argument("account_id")
+    p.add_argument("--name", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_create)
+    p = keys.add_parser("list", help="an account's API keys (never the keys themselves)")
+    p.add_argument("account_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_list)
+    p = keys.add_parser("revoke", help="revoke an API key (refused within CAMPAIGNS_API__KEY_CACHE_S)")
+    p.add_argument("key_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_revoke)
 
     credits = sub.add_parser("credits").add_subparsers(dest="sub", required=True)
     p = credits.add_parser("add", help="top up an account")

@@ -10,16 +10,18 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from api.deps import AccountId, Paging, in_db, page_body, read_json, state, validate_body
+from api.deps import AccountId, Paging, in_db, page_body, state
+from api.errors import AUTH_ERRORS, error_responses
 from api.serialize import campaign_out, message_out
 from core import attempts, campaigns, counts, idempotency, ledger, lifecycle, retries, runs
 from core.errors import InvalidRequest
 from models import Campaign, CampaignStatus, Channel, MessageStatus
+from models.public import CampaignPublic, MessagePublic, Page
 from models.schemas import CampaignCreate, CampaignRetry, CampaignUpdate
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
@@ -34,21 +36,28 @@ def _one(session: Session, account_id: str, campaign_id: str) -> dict[str, Any]:
     return campaign_out(campaign, counts.campaign_counts(session, [campaign])[campaign.id])
 
 
-def _enum(value: str | None, enum: Any, name: str) -> str | None:
-    if value is None:
-        return None
-    if value not in {e.value for e in enum}:
-        raise InvalidRequest(f"unknown {name} {value!r}", {"field": name})
-    return value
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        description="Makes the create safe to retry: the same key and body within 24 h return the "
+        "original response; the same key with another body is 409.",
+    ),
+]
+_READ = error_responses(*AUTH_ERRORS, 404)
+_CONTROL = error_responses(*AUTH_ERRORS, 404, 409)
 
 
-@router.post("", status_code=201, response_model=None)
+@router.post(
+    "",
+    status_code=201,
+    response_model=CampaignPublic,
+    responses=error_responses(*AUTH_ERRORS, 404, 409, 422),
+)
 async def create_campaign(
-    request: Request, account_id: AccountId, idempotency_key: Annotated[str | None, Header()] = None
+    request: Request, account_id: AccountId, data: CampaignCreate, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
     """Create a campaign, hold its credits and start (or schedule) its flow run."""
-    raw = await read_json(request)
-    data = validate_body(CampaignCreate, raw)
+    raw = await request.json()
     prepared: list[campaigns.PreparedCampaign] = []
 
     async def _prepare() -> None:
@@ -151,18 +160,16 @@ async def _launch(
     return flow_run_id
 
 
-@router.get("")
+@router.get("", response_model=Page[CampaignPublic], responses=error_responses(*AUTH_ERRORS))
 async def list_campaigns(
     request: Request,
     account_id: AccountId,
     paging: Paging,
-    status: Annotated[str | None, Query()] = None,
-    channel: Annotated[str | None, Query()] = None,
+    status: Annotated[CampaignStatus | None, Query()] = None,
+    channel: Annotated[Channel | None, Query()] = None,
     schedule_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """A page of the account's campaigns, newest first (optionally by status, channel, schedule)."""
-    status = _enum(status, CampaignStatus, "status")
-    channel = _enum(channel, Channel, "channel")
 
     def _list(session: Session) -> dict[str, Any]:
         rows, total = campaigns.list_campaigns(
@@ -170,8 +177,8 @@ async def list_campaigns(
             account_id=account_id,
             page=paging.page,
             per_page=paging.per_page,
-            status=status,
-            channel=channel,
+            status=status.value if status else None,
+            channel=channel.value if channel else None,
             schedule_id=schedule_id,
         )
         found = counts.campaign_counts(session, rows)
@@ -180,16 +187,19 @@ async def list_campaigns(
     return await in_db(request, _list, write=False)
 
 
-@router.get("/{campaign_id}")
+@router.get("/{campaign_id}", response_model=CampaignPublic, responses=_READ)
 async def get_campaign(request: Request, account_id: AccountId, campaign_id: str) -> dict[str, Any]:
     """One campaign with its live counts."""
     return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
 
 
-@router.patch("/{campaign_id}")
-async def edit_campaign(request: Request, account_id: AccountId, campaign_id: str) -> dict[str, Any]:
+@router.patch(
+    "/{campaign_id}", response_model=CampaignPublic, responses=error_responses(*AUTH_ERRORS, 404, 409, 422)
+)
+async def edit_campaign(
+    request: Request, account_id: AccountId, campaign_id: str, data: CampaignUpdate
+) -> dict[str, Any]:
     """Edit a draft or scheduled campaign; re-priced, hold adjusted, flow run moved."""
-    data = validate_body(CampaignUpdate, await read_json(request))
     campaign, prepared = await in_db(
         request,
         lambda s: campaigns.prepare_edit(s, account_id=account_id, campaign_id=campaign_id, data=data),
@@ -208,7 +218,7 @@ async def edit_campaign(request: Request, account_id: AccountId, campaign_id: st
     return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
 
 
-@router.post("/{campaign_id}/pause")
+@router.post("/{campaign_id}/pause", response_model=CampaignPublic, responses=_CONTROL)
 async def pause_campaign(request: Request, account_id: AccountId, campaign_id: str) -> dict[str, Any]:
     """Pause: no new provider request starts once this has answered; credits stay held."""
 
@@ -224,7 +234,7 @@ async def pause_campaign(request: Request, account_id: AccountId, campaign_id: s
     return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
 
 
-@router.post("/{campaign_id}/resume")
+@router.post("/{campaign_id}/resume", response_model=CampaignPublic, responses=_CONTROL)
 async def resume_campaign(request: Request, account_id: AccountId, campaign_id: str) -> dict[str, Any]:
     """Resume a paused campaign: sending goes on with the unsent messages only."""
 
@@ -255,7 +265,7 @@ async def resume_campaign(request: Request, account_id: AccountId, campaign_id: 
     return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
 
 
-@router.post("/{campaign_id}/cancel")
+@router.post("/{campaign_id}/cancel", response_model=CampaignPublic, responses=_CONTROL)
 async def cancel_campaign(request: Request, account_id: AccountId, campaign_id: str) -> dict[str, Any]:
     """Cancel: no new provider request starts once this has answered; unsent messages fail
     `cancelled` and their credits are released."""
@@ -306,16 +316,22 @@ async def _quietly(call: Any, what: str) -> None:
         log.exception("%s failed", what)
 
 
-@router.post("/{campaign_id}/retry", status_code=201, response_model=None)
+@router.post(
+    "/{campaign_id}/retry",
+    status_code=201,
+    response_model=CampaignPublic,
+    responses=error_responses(*AUTH_ERRORS, 404, 409, 422),
+)
 async def retry_campaign(
     request: Request,
     account_id: AccountId,
     campaign_id: str,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    retry: Annotated[CampaignRetry | None, Body()] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    """A new campaign for the original's failures that another try may pass."""
-    raw = await read_json(request, allow_empty=True)
-    data = validate_body(CampaignRetry, raw if raw is not None else {})
+    """A new campaign for the original's failures that another try may pass (body optional)."""
+    data = retry or CampaignRetry()
+    raw = data.model_dump(mode="json", exclude_unset=True)
     path = f"/v1/campaigns/{campaign_id}/retry"
 
     def _create(session: Session) -> dict[str, Any]:
@@ -330,23 +346,22 @@ async def retry_campaign(
     return JSONResponse(status_code=status_code, content=body)
 
 
-@router.get("/{campaign_id}/messages")
+@router.get("/{campaign_id}/messages", response_model=Page[MessagePublic], responses=_READ)
 async def list_messages(
     request: Request,
     account_id: AccountId,
     campaign_id: str,
     paging: Paging,
-    status: Annotated[str | None, Query()] = None,
+    status: Annotated[MessageStatus | None, Query()] = None,
 ) -> dict[str, Any]:
     """Per-recipient records of a campaign."""
-    status = _enum(status, MessageStatus, "status")
 
     def _list(session: Session) -> dict[str, Any]:
         rows, total = campaigns.list_messages(
             session,
             account_id=account_id,
             campaign_id=campaign_id,
-            status=status,
+            status=status.value if status else None,
             page=paging.page,
             per_page=paging.per_page,
         )

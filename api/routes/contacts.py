@@ -8,11 +8,36 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from sqlmodel import Session
 
-from api.deps import AccountId, Paging, in_db, page_body, read_json, validate_body
+from api.deps import AccountId, Paging, in_db, page_body, read_json
+from api.errors import AUTH_ERRORS, error_responses
 from api.serialize import contact_out, list_out
 from core import contacts, importer
 from core.errors import InvalidRequest
+from models.public import (
+    ContactListPublic,
+    ContactPublic,
+    ImportResultPublic,
+    ListContactsAdded,
+    Page,
+)
 from models.schemas import ContactCreate, ContactListCreate, ContactUpdate, ListContactsAdd
+
+_READ = error_responses(*AUTH_ERRORS, 404)
+_WRITE = error_responses(*AUTH_ERRORS, 404, 409, 422)
+_IMPORT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "Up to 100,000 contacts: a JSON array (or {\"contacts\": [...]}) of contact "
+        "objects, or CSV with a header row (name, phone, email, telegram_chat_id, slack_user_id, "
+        "lists, attributes.KEY...). Upsert by phone; a bad row is rejected alone.",
+        "content": {
+            "application/json": {
+                "schema": {"type": "array", "items": {"$ref": "#/components/schemas/ContactCreate"}}
+            },
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+}
 
 router = APIRouter(tags=["contacts"])
 
@@ -22,10 +47,9 @@ def _contact(session: Session, account_id: str, contact_id: str) -> dict[str, An
     return contact_out(contact, contacts.contact_list_ids(session, [contact.id])[contact.id])
 
 
-@router.post("/v1/contacts", status_code=201)
-async def create_contact(request: Request, account_id: AccountId) -> dict[str, Any]:
+@router.post("/v1/contacts", status_code=201, response_model=ContactPublic, responses=_WRITE)
+async def create_contact(request: Request, account_id: AccountId, data: ContactCreate) -> dict[str, Any]:
     """Create one contact (optionally in lists)."""
-    data = validate_body(ContactCreate, await read_json(request))
 
     def _create(session: Session) -> dict[str, Any]:
         contact = contacts.create_contact(session, account_id=account_id, data=data)
@@ -34,7 +58,12 @@ async def create_contact(request: Request, account_id: AccountId) -> dict[str, A
     return await in_db(request, _create)
 
 
-@router.post("/v1/contacts/import")
+@router.post(
+    "/v1/contacts/import",
+    response_model=ImportResultPublic,
+    responses=error_responses(*AUTH_ERRORS, 404),
+    openapi_extra=_IMPORT_BODY,
+)
 async def import_contacts(
     request: Request, account_id: AccountId, list_id: Annotated[str | None, Query()] = None
 ) -> dict[str, Any]:
@@ -58,7 +87,7 @@ async def import_contacts(
     return result.as_dict()
 
 
-@router.get("/v1/contacts")
+@router.get("/v1/contacts", response_model=Page[ContactPublic], responses=_READ)
 async def list_contacts(
     request: Request, account_id: AccountId, paging: Paging, list_id: Annotated[str | None, Query()] = None
 ) -> dict[str, Any]:
@@ -74,16 +103,17 @@ async def list_contacts(
     return await in_db(request, _list, write=False)
 
 
-@router.get("/v1/contacts/{contact_id}")
+@router.get("/v1/contacts/{contact_id}", response_model=ContactPublic, responses=_READ)
 async def get_contact(request: Request, account_id: AccountId, contact_id: str) -> dict[str, Any]:
     """One contact."""
     return await in_db(request, lambda s: _contact(s, account_id, contact_id), write=False)
 
 
-@router.patch("/v1/contacts/{contact_id}")
-async def update_contact(request: Request, account_id: AccountId, contact_id: str) -> dict[str, Any]:
+@router.patch("/v1/contacts/{contact_id}", response_model=ContactPublic, responses=_WRITE)
+async def update_contact(
+    request: Request, account_id: AccountId, contact_id: str, data: ContactUpdate
+) -> dict[str, Any]:
     """Partial update; `subscribed: true/false` opts a contact back in or out."""
-    data = validate_body(ContactUpdate, await read_json(request))
 
     def _update(session: Session) -> dict[str, Any]:
         contacts.update_contact(session, account_id=account_id, contact_id=contact_id, data=data)
@@ -92,22 +122,26 @@ async def update_contact(request: Request, account_id: AccountId, contact_id: st
     return await in_db(request, _update)
 
 
-@router.delete("/v1/contacts/{contact_id}", status_code=204)
+@router.delete("/v1/contacts/{contact_id}", status_code=204, responses=_READ)
 async def delete_contact(request: Request, account_id: AccountId, contact_id: str) -> Response:
     """Delete a contact."""
     await in_db(request, lambda s: contacts.delete_contact(s, account_id=account_id, contact_id=contact_id))
     return Response(status_code=204)
 
 
-@router.post("/v1/contact-lists", status_code=201)
-async def create_list(request: Request, account_id: AccountId) -> dict[str, Any]:
+@router.post(
+    "/v1/contact-lists",
+    status_code=201,
+    response_model=ContactListPublic,
+    responses=error_responses(*AUTH_ERRORS, 422),
+)
+async def create_list(request: Request, account_id: AccountId, data: ContactListCreate) -> dict[str, Any]:
     """Create an empty contact list."""
-    data = validate_body(ContactListCreate, await read_json(request))
     lst = await in_db(request, lambda s: contacts.create_list(s, account_id=account_id, name=data.name))
     return list_out(lst, 0)
 
 
-@router.get("/v1/contact-lists")
+@router.get("/v1/contact-lists", response_model=Page[ContactListPublic], responses=_READ)
 async def list_lists(request: Request, account_id: AccountId, paging: Paging) -> dict[str, Any]:
     """A page of contact lists, newest first."""
 
@@ -121,7 +155,7 @@ async def list_lists(request: Request, account_id: AccountId, paging: Paging) ->
     return await in_db(request, _list, write=False)
 
 
-@router.get("/v1/contact-lists/{list_id}")
+@router.get("/v1/contact-lists/{list_id}", response_model=ContactListPublic, responses=_READ)
 async def get_list(request: Request, account_id: AccountId, list_id: str) -> dict[str, Any]:
     """One contact list with its size."""
 
@@ -132,17 +166,18 @@ async def get_list(request: Request, account_id: AccountId, list_id: str) -> dic
     return await in_db(request, _get, write=False)
 
 
-@router.delete("/v1/contact-lists/{list_id}", status_code=204)
+@router.delete("/v1/contact-lists/{list_id}", status_code=204, responses=_READ)
 async def delete_list(request: Request, account_id: AccountId, list_id: str) -> Response:
     """Delete a list; its contacts remain."""
     await in_db(request, lambda s: contacts.delete_list(s, account_id=account_id, list_id=list_id))
     return Response(status_code=204)
 
 
-@router.post("/v1/contact-lists/{list_id}/contacts")
-async def add_list_contacts(request: Request, account_id: AccountId, list_id: str) -> dict[str, Any]:
+@router.post("/v1/contact-lists/{list_id}/contacts", response_model=ListContactsAdded, responses=_WRITE)
+async def add_list_contacts(
+    request: Request, account_id: AccountId, list_id: str, data: ListContactsAdd
+) -> dict[str, Any]:
     """Add contacts to a list (idempotent per contact)."""
-    data = validate_body(ListContactsAdd, await read_json(request))
 
     def _add(session: Session) -> dict[str, Any]:
         added = contacts.add_to_list(
@@ -154,7 +189,7 @@ async def add_list_contacts(request: Request, account_id: AccountId, list_id: st
     return await in_db(request, _add)
 
 
-@router.delete("/v1/contact-lists/{list_id}/contacts/{contact_id}", status_code=204)
+@router.delete("/v1/contact-lists/{list_id}/contacts/{contact_id}", status_code=204, responses=_READ)
 async def remove_list_contact(
     request: Request, account_id: AccountId, list_id: str, contact_id: str
 ) -> Response:
