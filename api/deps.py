@@ -131,22 +131,11 @@ class Page:
 
 
 def pagination(
-    page: Annotated[str | None, Query()] = None, per_page: Annotated[str | None, Query()] = None
+    page: Annotated[int, Query(ge=1, le=10**9, description="1-based page number.")] = 1,
+    per_page: Annotated[int, Query(ge=1, le=100, description="Items per page.")] = 50,
 ) -> Page:
     """page >= 1 (default 1), per_page 1..100 (default 50); anything else is 400."""
-
-    def parse(name: str, raw: str | None, default: int, low: int, high: int) -> int:
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise InvalidRequest(f"{name} must be an integer", {"field": name}) from None
-        if not low <= value <= high:
-            raise InvalidRequest(f"{name} must be between {low} and {high}", {"field": name})
-        return value
-
-    return Page(parse("page", page, 1, 1, 10**9), parse("per_page", per_page, 50, 1, 100))
+    return Page(page, per_page)
 
 
 Paging = Annotated[Page, Depends(pagination)]
