@@ -128,6 +128,27 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
+async def _authentication_first(request: Request) -> JSONResponse | None:
+    """FastAPI parses a JSON body before it runs the route's dependencies; SPEC's order is
+    401 authentication, then 429 rate limit, then 400. A body that did not parse on an
+    authenticated route is therefore answered with the authentication's error, if any."""
+    from api.deps import current_account_id
+
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    needs_key = dependant is not None and any(
+        d.call is current_account_id for d in dependant.dependencies
+    )
+    if not needs_key:
+        return None
+    try:
+        await current_account_id(request)
+    except DomainError as err:
+        headers = {"Retry-After": str(err.retry_after)} if isinstance(err, RateLimited) else None
+        return error_response(err.status_code, err.code, err.message, err.details, headers)
+    return None
+
+
 def install(app: FastAPI) -> None:
     """Register the request-id middleware and the exception handlers."""
 
@@ -139,10 +160,13 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status_code, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = _validation_details(exc)
         first = exc.errors()[0] if exc.errors() else {}
         if first.get("type") == "json_invalid":
+            refused = await _authentication_first(request)
+            if refused is not None:
+                return refused
             message = "malformed JSON"
         elif first.get("loc") == ("body",) and first.get("type") in _NOT_AN_OBJECT:
             message = "request body must be a JSON object"
@@ -153,7 +177,11 @@ def install(app: FastAPI) -> None:
         return error_response(400, "invalid_request", message, details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body FastAPI could not parse (e.g. nested too deeply)
+            refused = await _authentication_first(request)
+            if refused is not None:
+                return refused
         code = HTTP_CODES.get(
             exc.status_code, "internal_error" if exc.status_code >= 500 else "invalid_request"
         )

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, or_, select, update
 from sqlmodel import Session, col
 
-from core import credits, tracking
+from core import credits, tracking, webhooks
 from core.attempts import has_live_attempts, live_filter
 from core.counts import refresh_counts
 from core.timeutil import utcnow
@@ -171,6 +171,9 @@ def record(session: Session, *, attempt_id: str, channel: str, outcomes: list[Ou
     ]
     if params:
         session.connection().execute(stmt, params)
+    failed = [o.message_id for o in outcomes if o.status == MessageStatus.failed]
+    if failed:
+        webhooks.report_failures(session, col(Message.id).in_(failed), col(Message.updated_at) == now)
     tracking.replay_events(
         session, provider_ids=[o.provider_message_id for o in outcomes if o.provider_message_id]
     )
@@ -247,12 +250,13 @@ UNKNOWN_MESSAGE = "the request may have reached the provider, which cannot be as
 
 def fail_orphans(session: Session, *, campaign_id: str) -> int:
     """Fail every orphan of a stopped campaign as outcome_unknown (charged; retryable)."""
+    now = utcnow()
     result = session.execute(
         update(Message)
         .where(
             col(Message.campaign_id) == campaign_id,
             col(Message.status) == MessageStatus.sending,
-            _orphaned(campaign_id, utcnow()),
+            _orphaned(campaign_id, now),
         )
         .values(
             status=MessageStatus.failed,
@@ -260,11 +264,16 @@ def fail_orphans(session: Session, *, campaign_id: str) -> int:
             error_message=UNKNOWN_MESSAGE,
             retryable=True,
             claim_token=None,
-            updated_at=utcnow(),
+            updated_at=now,
         )
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    failed = int(result.rowcount)  # type: ignore[attr-defined]
+    if failed:
+        webhooks.report_failures(
+            session, col(Message.campaign_id) == campaign_id, col(Message.updated_at) == now
+        )
+    return failed
 
 
 def finalize_stopped(session: Session, *, campaign_id: str, cancelled: bool) -> bool:
@@ -276,7 +285,8 @@ def finalize_stopped(session: Session, *, campaign_id: str, cancelled: bool) -> 
         return False
     fail_orphans(session, campaign_id=campaign_id)
     if cancelled:
-        session.execute(
+        now = utcnow()
+        result = session.execute(
             update(Message)
             .where(col(Message.campaign_id) == campaign_id, col(Message.status) == MessageStatus.pending)
             .values(
@@ -284,9 +294,13 @@ def finalize_stopped(session: Session, *, campaign_id: str, cancelled: bool) -> 
                 error_code=ErrorCode.cancelled,
                 error_message="not sent: campaign cancelled",
                 retryable=True,
-                updated_at=utcnow(),
+                updated_at=now,
             )
         )
+        if result.rowcount:  # type: ignore[attr-defined]
+            webhooks.report_failures(
+                session, col(Message.campaign_id) == campaign_id, col(Message.updated_at) == now
+            )
     credits.settle(session, campaign_id=campaign_id)
     refresh_counts(session, campaign_id=campaign_id)
     return True

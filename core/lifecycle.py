@@ -2,7 +2,9 @@
 
 Every transition is one guarded `UPDATE … WHERE status IN (…)`, so of two processes racing for
 a transition exactly one wins. The API, the flows, the hooks, the reconciler and the CLI call
-these functions; none of them sets a campaign status on its own.
+these functions; none of them sets a campaign status on its own. The winner of a transition that
+changes the status puts `campaign.status_changed` in the webhook outbox in the same transaction
+(`_announce`), before the messages it fails report theirs.
 
 | event        | from                                     | to                         |
 |--------------|------------------------------------------|----------------------------|
@@ -28,7 +30,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from core import credits, ledger, slots
+from core import credits, ledger, slots, webhooks
 from core.counts import refresh_counts
 from core.errors import Conflict, NotFound
 from core.timeutil import as_utc, utcnow
@@ -130,6 +132,14 @@ def status_of(session: Session, campaign_id: str) -> str:
     return value
 
 
+def _announce(session: Session, campaign_id: str) -> None:
+    """A status change just won: `campaign.status_changed` with the campaign as it is now."""
+    campaign = load(session, campaign_id)
+    webhooks.enqueue(
+        session, campaign.account_id, webhooks.EventType.campaign_status_changed, campaign=campaign
+    )
+
+
 def _conflict(campaign: Campaign, event: Event) -> Conflict:
     return Conflict(
         f"campaign {campaign.id} is {campaign.status} and cannot be {event.value}d"
@@ -161,9 +171,14 @@ def start(session: Session, *, campaign_id: str, flow_run_id: str | None) -> str
         flow_run_id=flow_run_id,
         **({"started_at": utcnow()} if campaign.started_at is None else {}),
     ):
+        _announce(session, campaign_id)
         return S.processing
-    if campaign.status == S.draft and _ahead(campaign.scheduled_at):
-        apply(session, campaign_id, Event.start, S.scheduled)
+    if (
+        campaign.status == S.draft
+        and _ahead(campaign.scheduled_at)
+        and apply(session, campaign_id, Event.start, S.scheduled)
+    ):
+        _announce(session, campaign_id)
     return status_of(session, campaign_id)
 
 
@@ -177,13 +192,17 @@ def due(session: Session, *, campaign_id: str) -> str:
     values: dict[str, Any] = {}
     if campaign.started_at is None:
         values["started_at"] = utcnow()
-    apply(session, campaign_id, Event.due, S.processing, **values)
+    if apply(session, campaign_id, Event.due, S.processing, **values):
+        _announce(session, campaign_id)
     return status_of(session, campaign_id)
 
 
 def dispatched(session: Session, *, campaign_id: str) -> bool:
     """processing → sent: everything handed to the provider, receipts may still arrive."""
-    return apply(session, campaign_id, Event.dispatched, S.sent, dispatched_at=utcnow())
+    done = apply(session, campaign_id, Event.dispatched, S.sent, dispatched_at=utcnow())
+    if done:
+        _announce(session, campaign_id)
+    return done
 
 
 def complete(session: Session, *, campaign_id: str) -> bool:
@@ -193,6 +212,7 @@ def complete(session: Session, *, campaign_id: str) -> bool:
         credits.settle(session, campaign_id=campaign_id)
         refresh_counts(session, campaign_id=campaign_id)
         slots.release_all(session, holder=campaign_id)
+        _announce(session, campaign_id)  # settled: the event shows the credits used
     return done
 
 
@@ -203,6 +223,7 @@ def fail(session: Session, *, campaign_id: str, reason: FailureReason | str) -> 
         session, campaign_id, Event.fail, S.failed, failure_reason=str(reason), completed_at=utcnow()
     )
     if done:
+        _announce(session, campaign_id)
         slots.release_all(session, holder=campaign_id)
         ledger.finalize_stopped(session, campaign_id=campaign_id, cancelled=False)
     return done
@@ -217,6 +238,7 @@ def pause(session: Session, *, campaign: Campaign) -> Campaign:
         return campaign
     if not apply(session, campaign.id, Event.pause, S.paused, paused_at=utcnow()):
         raise _conflict(load(session, campaign.id), Event.pause)
+    _announce(session, campaign.id)
     return load(session, campaign.id)
 
 
@@ -229,6 +251,7 @@ def resume(session: Session, *, campaign: Campaign) -> Campaign:
         values["started_at"] = utcnow()
     if not apply(session, campaign.id, Event.resume, target, **values):
         raise _conflict(load(session, campaign.id), Event.resume)
+    _announce(session, campaign.id)
     return load(session, campaign.id)
 
 
@@ -237,6 +260,7 @@ def cancel(session: Session, *, campaign: Campaign) -> Campaign:
     `cancelled` and unused credits are released (now, or by the run or the reconciler)."""
     if not apply(session, campaign.id, Event.cancel, S.cancelled, cancelled_at=utcnow()):
         raise _conflict(load(session, campaign.id), Event.cancel)
+    _announce(session, campaign.id)  # before the unsent messages fail `cancelled`
     slots.release_all(session, holder=campaign.id)
     ledger.finalize_stopped(session, campaign_id=campaign.id, cancelled=True)
     return load(session, campaign.id)
@@ -246,4 +270,8 @@ def edit(session: Session, *, campaign: Campaign, values: dict[str, Any]) -> boo
     """Apply edited fields to a draft or scheduled campaign (status follows scheduled_at)."""
     when = values.get("scheduled_at", campaign.scheduled_at)
     target = S.scheduled if when is not None else S.draft
-    return apply(session, campaign.id, Event.edit, target, **values)
+    was = campaign.status  # read before the UPDATE, which may refresh `campaign`
+    done = apply(session, campaign.id, Event.edit, target, **values)
+    if done and was != target:
+        _announce(session, campaign.id)
+    return done

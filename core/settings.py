@@ -38,6 +38,8 @@ class WebhooksSettings(BaseModel):
     retry_for_s: float = Field(default=3 * 86400.0, ge=0)
     max_backoff_s: float = Field(default=3600.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
+    # Delivered and given-up rows are deleted from the outbox once they are this old.
+    keep_s: float = Field(default=7 * 86400.0, ge=0)
 
 
 class DeliverySettings(BaseModel):

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, bindparam, delete, func, or_, select, update
 from sqlmodel import Session, col
 
 from channels.base import Channel, StatusUpdate
+from core import webhooks
 from core.db import in_session, session_scope
 from core.timeutil import utcnow
 from models import Campaign, ErrorCode, Message, MessageStatus, StatusEvent
@@ -77,6 +78,11 @@ def apply_updates(session: Session, updates: Sequence[StatusUpdate], *, keep_unm
         )
         result = session.connection().execute(stmt, params)
         changed += max(int(result.rowcount), 0)
+    failing = [u.provider_message_id for u in updates if u.status in webhooks.FAILED_STATUSES]
+    if failing:  # not gated on `changed`: some drivers report no rowcount for executemany
+        webhooks.report_failures(
+            session, col(Message.provider_message_id).in_(failing), col(Message.updated_at) == now
+        )
     return changed
 
 
@@ -202,6 +208,7 @@ async def await_final(
 
 def expire(session: Session, *, campaign_id: str) -> int:
     """Fail what is still not final after the receipt timeout (error_code status_timeout)."""
+    now = utcnow()
     result = session.execute(
         update(Message)
         .where(
@@ -212,7 +219,12 @@ def expire(session: Session, *, campaign_id: str) -> int:
             status=MessageStatus.failed,
             error_code=ErrorCode.status_timeout,
             error_message="no final status from the provider before the timeout",
-            updated_at=utcnow(),
+            updated_at=now,
         )
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    expired = int(result.rowcount)  # type: ignore[attr-defined]
+    if expired:
+        webhooks.report_failures(
+            session, col(Message.campaign_id) == campaign_id, col(Message.updated_at) == now
+        )
+    return expired

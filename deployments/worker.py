@@ -1,4 +1,5 @@
-"""`campaigns worker`: serve the deployments with a Prefect Runner, plus the reconciler."""
+"""`campaigns worker`: serve the deployments with a Prefect Runner, plus the reconciler and the
+event webhook delivery (each its own asyncio task)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ async def run_worker(settings: Settings) -> None:
     """Register the deployments and execute their runs until SIGTERM/SIGINT."""
     from prefect.runner import Runner
 
+    from core.webhook_delivery import deliver_forever
     from deployments.reconciler import reconcile_forever
     from flows.launcher import PrefectLauncher
 
@@ -120,10 +122,16 @@ async def run_worker(settings: Settings) -> None:
     )
     for deployment in await build_deployments():
         await runner.aadd_deployment(deployment)  # type: ignore[arg-type]
-    reconciler = asyncio.create_task(reconcile_forever(settings, PrefectLauncher()))
+    background = [
+        asyncio.create_task(reconcile_forever(settings, PrefectLauncher())),
+        # Its own task and HTTP client: a slow receiver never holds up sending.
+        asyncio.create_task(deliver_forever(settings)),
+    ]
     try:
         await runner.start()
     finally:
-        reconciler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reconciler
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

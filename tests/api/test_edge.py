@@ -247,3 +247,14 @@ def test_schema_errors_name_the_field(client: TestClient, engine: Engine) -> Non
     assert _error(r, 400, "invalid_request")["message"] == "request body must be a JSON object"
     r = client.get("/v1/campaigns?status=bogus", headers=t.headers)
     assert _error(r, 400, "invalid_request")["details"]["errors"][0]["field"] == "status"
+
+
+def test_a_body_that_does_not_parse_is_still_401_without_a_key(client: TestClient, engine: Engine) -> None:
+    """SPEC order: authentication before schema errors, even when FastAPI parsed the body first."""
+    t = make_tenant(engine)
+    h = {"Content-Type": "application/json"}
+    for content in ("{", "[" * 100_000):
+        _error(client.post("/v1/campaigns", headers=h, content=content), 401, "unauthorized")
+        bad = {**h, "Authorization": "Bearer nope"}
+        _error(client.post("/v1/contacts", headers=bad, content=content), 401, "unauthorized")
+        _error(client.post("/v1/contacts", headers={**h, **t.headers}, content=content), 400, "invalid_request")
