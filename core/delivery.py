@@ -1,5 +1,6 @@
 """Delivery of one message: pacing, the stop check before every request, transient retries
-with backoff (honouring Retry-After), and lost answers resolved with the provider's lookup.
+with backoff (honouring Retry-After), and lost answers resolved with the provider's lookup;
+`MeteredChannel` counts and times every provider request.
 
 Nothing here touches the database: the sender pool records what `deliver` returns."""
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from time import perf_counter
 
 from channels.base import (
     Channel,
@@ -19,15 +21,89 @@ from channels.base import (
     PermanentSendError,
     ProviderConfigError,
     SendResult,
+    StatusUpdate,
     TransientSendError,
     UnknownOutcomeError,
 )
+from core import metrics
 from core.ledger import Outcome
 from core.pacing import Pacer
 from core.timeutil import as_utc, utcnow
 from models import ErrorCode, MessageStatus
 
 log = logging.getLogger("campaigns.delivery")
+
+
+def request_outcome(exc: BaseException) -> str:
+    """The `outcome` label of a provider request that raised."""
+    if isinstance(exc, PermanentSendError):
+        return "rejected"
+    if isinstance(exc, TransientSendError):
+        return "retryable"
+    if isinstance(exc, UnknownOutcomeError | asyncio.CancelledError):
+        return "unknown"  # the request may have reached the provider
+    if isinstance(exc, ProviderConfigError):
+        return "config_error"
+    return "error"
+
+
+class MeteredChannel:
+    """A channel whose requests are counted (campaigns_provider_requests_total, outcome
+    accepted / rejected / retryable / unknown / config_error / error; `lookup` for an answered
+    status or sent-message lookup) and timed, in the process's accumulator: a few dict
+    increments per request."""
+
+    def __init__(
+        self, channel: Channel, provider: str, accumulator: metrics.Accumulator | None = None
+    ) -> None:
+        self.inner, self.provider = channel, provider
+        self.name = channel.name
+        self.default_rate_per_second = channel.default_rate_per_second
+        self.default_concurrency = channel.default_concurrency
+        self.supports_status_lookup = channel.supports_status_lookup
+        self.sent_lookup_delay_s = channel.sent_lookup_delay_s
+        self._record = (accumulator or metrics.default).provider_request
+
+    async def open(self) -> None:
+        """Open the adapter."""
+        await self.inner.open()
+
+    async def close(self) -> None:
+        """Close the adapter."""
+        await self.inner.close()
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """The adapter's send, counted and timed."""
+        started = perf_counter()
+        try:
+            result = await self.inner.send(message)
+        except BaseException as exc:
+            self._record(self.provider, request_outcome(exc), perf_counter() - started)
+            raise
+        self._record(self.provider, "accepted", perf_counter() - started)
+        return result
+
+    async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
+        """The adapter's status lookup, counted and timed."""
+        started = perf_counter()
+        try:
+            found = await self.inner.fetch_status(provider_message_id, sent_at)
+        except BaseException as exc:
+            self._record(self.provider, request_outcome(exc), perf_counter() - started)
+            raise
+        self._record(self.provider, "lookup", perf_counter() - started)
+        return found
+
+    async def find_sent(self, message: OutboundMessage, since: datetime) -> list[SendResult]:
+        """The adapter's sent-message lookup, counted and timed."""
+        started = perf_counter()
+        try:
+            found = await self.inner.find_sent(message, since)
+        except BaseException as exc:
+            self._record(self.provider, request_outcome(exc), perf_counter() - started)
+            raise
+        self._record(self.provider, "lookup", perf_counter() - started)
+        return found
 
 
 class Stopped(Exception):

@@ -19,10 +19,10 @@ from sqlalchemy import Engine
 
 from channels.base import Channel, ProviderConfigError
 from channels.registry import build_channel
-from core import attempts, ledger
+from core import attempts, ledger, metrics
 from core.chunk import CampaignView, ChunkReport, OutcomeWriter, open_view
 from core.db import in_session
-from core.delivery import RetryPolicy, Stopped, failed, look_up, outcome_of
+from core.delivery import MeteredChannel, RetryPolicy, Stopped, failed, look_up, outcome_of
 from core.ledger import Outcome
 from core.pacing import Pacer, pacer_for
 from core.settings import Settings
@@ -86,7 +86,10 @@ class ChunkSender:
             self.report.stopped = True
             return self.report
         self._channel_name = view.channel
-        channel = self.channel_override or build_channel(view.channel, self.settings)
+        provider = self.settings.channel(view.channel).provider
+        channel = MeteredChannel(
+            self.channel_override or build_channel(view.channel, self.settings), provider
+        )
         pacer, concurrency = self._pacing(view, channel)
         self.attempt_id = await self._db(
             attempts.begin_attempt,
@@ -320,4 +323,7 @@ async def send_chunk(
         share=share,
         flow_run_id=flow_run_id,
     )
-    return await sender.run()
+    try:
+        return await sender.run()
+    finally:  # this chunk's provider requests, counted before the chunk reports done
+        await asyncio.to_thread(metrics.default.try_flush, engine)

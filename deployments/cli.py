@@ -17,6 +17,7 @@ from typing import Any
 
 from core.db import get_engine, migrate, session_scope
 from core.errors import DomainError
+from core.logs import configure_logging
 from core.settings import Settings, get_settings
 
 
@@ -230,7 +231,11 @@ def build_api(settings: Settings) -> Any:
 
 def api_app() -> Any:
     """The app factory each `campaigns api --workers N` process calls."""
-    return build_api(get_settings())
+    settings = get_settings()
+    configure_logging(settings)
+    app = build_api(settings)
+    configure_logging(settings)  # again: importing Prefect gave uvicorn's loggers its own handler
+    return app
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
@@ -238,9 +243,12 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
     migrate(settings)
     workers = args.workers or settings.api.workers
+    # log_config=None: uvicorn keeps its hands off logging, and its loggers (the access log
+    # too) propagate to the handler configure_logging put on the root, in our format.
     if workers == 1:
         app = build_api(settings)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        configure_logging(settings)  # again: importing Prefect gave uvicorn's loggers a handler
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=True)
         return 0
     # Each process builds the app from the environment; tell them how many share the limits.
     os.environ["CAMPAIGNS_API__WORKERS"] = str(workers)
@@ -250,8 +258,8 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         workers=workers,
         host=args.host,
         port=args.port,
-        log_level="warning",
-        access_log=False,
+        log_config=None,
+        access_log=True,
     )
     return 0
 
@@ -380,13 +388,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `campaigns` console script."""
-    logging.basicConfig(
-        level=os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     args = _parser().parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings)  # before anything imports Prefect, which then leaves the root alone
     try:
-        return int(args.func(args, get_settings()))
+        return int(args.func(args, settings))
     except DomainError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"error": exc.code, "message": exc.message, "details": exc.details}))

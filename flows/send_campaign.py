@@ -23,11 +23,12 @@ from core import counts, ledger, lifecycle, runs, slots
 from core.db import get_engine, get_read_engine, in_session, run_in_session
 from core.errors import InsufficientCredits
 from core.lifecycle import FailureReason
+from core.logs import campaign_id_var
 from core.settings import Settings, get_settings
 from core.timeutil import as_utc, utcnow
 from flows import control
 from flows.hooks import mark_cancelled, mark_crashed, mark_failed
-from flows.send_chunk import ChunkRunFailed, chunk_run_size, run_chunks_as_flow_runs
+from flows.send_chunk import ChunkRunFailed, chunk_run_size, observe_run, run_chunks_as_flow_runs
 from models import CampaignStatus
 from tasks.campaign_tasks import (
     await_final_statuses,
@@ -102,6 +103,7 @@ def _summary_rows(campaign_id: str) -> list[dict[str, Any]]:
 )
 async def send_campaign(campaign_id: str) -> Any:
     """Send a campaign to every recipient and see each message to a final status."""
+    token = observe_run(campaign_id)
     heartbeat = asyncio.create_task(_heartbeat(campaign_id))
     try:
         while True:
@@ -121,6 +123,7 @@ async def send_campaign(campaign_id: str) -> Any:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
+        campaign_id_var.reset(token)
 
 
 def _final_state(campaign_id: str, status: str) -> Any:

@@ -19,6 +19,7 @@ done) instead of starting them twice, and a run after a pause and resume starts 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -30,9 +31,10 @@ from prefect.context import get_run_context
 from prefect.deployments.flow_runs import arun_deployment
 
 from channels.base import ProviderConfigError
-from core import ledger, lifecycle
+from core import ledger, lifecycle, metrics
 from core.db import get_engine, get_read_engine, in_session
 from core.lifecycle import FailureReason
+from core.logs import campaign_id_var, configure_logging
 from core.settings import Settings, get_settings
 from tasks.campaign_tasks import send_chunk
 
@@ -46,27 +48,40 @@ class ChunkRunFailed(RuntimeError):
     """A chunk run failed (not crashed): the campaign fails with its reason."""
 
 
+def observe_run(campaign_id: str) -> contextvars.Token[str]:
+    """Our log format and metrics flushing in this flow-run process (Prefect's runner started
+    it, not our CLI), and the campaign's id on every log line of the run."""
+    settings = get_settings()
+    configure_logging(settings)
+    metrics.flush_in_background(get_engine(settings))
+    return campaign_id_var.set(campaign_id)
+
+
 @flow(name=CHUNK_FLOW, flow_run_name="{campaign_id}-{start}-{end}", log_prints=True, persist_result=False)
 async def send_campaign_chunk(
     campaign_id: str, channel: str, start: int, end: int, share: float = 1.0
 ) -> dict[str, Any]:
     """Send the pending messages with seq in [start, end) of one campaign (one chunk run)."""
-    worker = os.environ.get(WORKER_ENV)
-    if worker:
-        await _tag_self(f"worker:{worker}")
-        get_run_logger().info("chunk %s-%s of %s on worker %s", start, end, campaign_id, worker)
+    token = observe_run(campaign_id)
     try:
-        report = await send_chunk(campaign_id, channel, start // max(end - start, 1), start, end, share)
-    except ProviderConfigError as exc:
-        get_run_logger().error("the provider refused our credentials: %s", exc)
-        await in_session(
-            get_engine(get_settings()),
-            lifecycle.fail,
-            campaign_id=campaign_id,
-            reason=FailureReason.provider_credentials,
-        )
-        raise
-    return {**report, "worker": worker}
+        worker = os.environ.get(WORKER_ENV)
+        if worker:
+            await _tag_self(f"worker:{worker}")
+            get_run_logger().info("chunk %s-%s of %s on worker %s", start, end, campaign_id, worker)
+        try:
+            report = await send_chunk(campaign_id, channel, start // max(end - start, 1), start, end, share)
+        except ProviderConfigError as exc:
+            get_run_logger().error("the provider refused our credentials: %s", exc)
+            await in_session(
+                get_engine(get_settings()),
+                lifecycle.fail,
+                campaign_id=campaign_id,
+                reason=FailureReason.provider_credentials,
+            )
+            raise
+        return {**report, "worker": worker}
+    finally:
+        campaign_id_var.reset(token)
 
 
 def chunk_run_size(settings: Settings, total: int) -> int:

@@ -14,8 +14,9 @@ from prefect.tasks import exponential_backoff
 
 from channels.base import ProviderConfigError
 from channels.registry import build_channel
-from core import ledger, lifecycle, snapshot, tracking
+from core import ledger, lifecycle, metrics, snapshot, tracking
 from core.db import get_engine, get_read_engine, in_session
+from core.delivery import MeteredChannel
 from core.errors import DomainError
 from core.sender import send_chunk as send_chunk_core
 from core.settings import get_settings
@@ -110,7 +111,7 @@ async def await_final_statuses(campaign_id: str, channel: str) -> dict[str, int]
     what is still not final then fails with status_timeout."""
     settings = get_settings()
     engine = get_engine(settings)
-    adapter = build_channel(channel, settings)
+    adapter = MeteredChannel(build_channel(channel, settings), settings.channel(channel).provider)
     campaign = await in_session(engine, lifecycle.load, campaign_id)
     await adapter.open()
     try:
@@ -124,6 +125,7 @@ async def await_final_statuses(campaign_id: str, channel: str) -> dict[str, int]
         )
     finally:
         await adapter.close()
+        await asyncio.to_thread(metrics.default.try_flush, engine)
 
 
 @task(name="settle-credits", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
