@@ -8,6 +8,7 @@ Anything else is a bug and propagates.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -54,12 +55,25 @@ class SendError(Exception):
         self.code = code
 
 
+# The longest wait a provider's Retry-After can impose on one message (and, through the pacer,
+# on its chunk): a few minutes. An hour-long (or garbled) value must not stall a campaign.
+MAX_RETRY_AFTER_S = 300.0
+
+
+def capped_retry_after(seconds: float | None) -> float | None:
+    """A provider's Retry-After clamped to 0..MAX_RETRY_AFTER_S (None when absent or NaN)."""
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(0.0, float(seconds)), MAX_RETRY_AFTER_S)
+
+
 class TransientSendError(SendError):
-    """Worth retrying later; `retry_after` (seconds) when the provider said how long to wait."""
+    """Worth retrying later; `retry_after` (seconds, at most MAX_RETRY_AFTER_S) when the
+    provider said how long to wait."""
 
     def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, code=code)
-        self.retry_after = retry_after
+        self.retry_after = capped_retry_after(retry_after)
 
 
 class UnknownOutcomeError(SendError):

@@ -15,7 +15,7 @@ import aiohttp
 import httpx
 import yarl
 
-from channels.base import TransientSendError, UnknownOutcomeError
+from channels.base import SendError, TransientSendError, UnknownOutcomeError, capped_retry_after
 
 USER_AGENT = "campaigns/1"
 
@@ -66,6 +66,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = request.content  # provider requests are small and fully built
+        error: httpx.TransportError
         try:
             async with self._client().request(
                 request.method,
@@ -80,18 +81,34 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     response.status, headers=response.raw_headers, content=content, request=request
                 )
         except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(str(exc), request=request) from exc
+            error = httpx.ConnectError(without_path(exc, request.url), request=request)
         except aiohttp.ConnectionTimeoutError as exc:
-            raise httpx.ConnectTimeout(str(exc), request=request) from exc
+            error = httpx.ConnectTimeout(without_path(exc, request.url), request=request)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise httpx.ReadTimeout(str(exc) or "no answer in time", request=request) from exc
+            error = httpx.ReadTimeout(without_path(exc, request.url) or "no answer in time", request=request)
         except aiohttp.ClientError as exc:
-            raise httpx.ReadError(str(exc) or exc.__class__.__name__, request=request) from exc
+            error = httpx.ReadError(without_path(exc, request.url), request=request)
+        # Raised outside the handlers: aiohttp's exception (whose text has the URL, and a Telegram
+        # URL has the bot token) must not ride along as __context__ into tracebacks and logs.
+        raise error
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def without_path(exc: BaseException, url: httpx.URL) -> str:
+    """The exception's class and text with the request's path and query cut out of it: the
+    path can hold a credential (Telegram's bot token), and error texts end up stored as
+    `messages.error_message` and in logs."""
+    origin = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+    text = str(exc)
+    text = text.replace(str(url), origin + "/…")
+    for path in (url.raw_path.decode("ascii", "replace"), url.path):  # as sent, and decoded
+        if len(path) > 1:
+            text = text.replace(path, "/…")
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 def aiohttp_transport(max_connections: int = 100) -> httpx.AsyncBaseTransport:
@@ -100,19 +117,20 @@ def aiohttp_transport(max_connections: int = 100) -> httpx.AsyncBaseTransport:
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date), None if absent or garbled."""
+    """Retry-After as seconds (delta-seconds or an HTTP date) capped at MAX_RETRY_AFTER_S,
+    None if absent or garbled."""
     value = response.headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return capped_retry_after(float(value))
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return capped_retry_after(when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def raise_for_transient_status(response: httpx.Response) -> None:
@@ -123,6 +141,17 @@ def raise_for_transient_status(response: httpx.Response) -> None:
             code=str(response.status_code),
             retry_after=retry_after_seconds(response),
         )
+
+
+def error_code(value: Any) -> int | None:
+    """A provider's numeric error code (an int, or digits in a string), None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return None
 
 
 def json_or_empty(response: httpx.Response) -> dict[str, Any]:
@@ -152,8 +181,11 @@ class HttpAdapter:
         timeout: float = 10.0,
         auth: tuple[str, str] | None = None,
         headers: dict[str, str] | None = None,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Credentials that may appear in a URL: never in an error text (see redact).
+        self.secrets = tuple(secret for secret in secrets if secret)
         self.transport = transport
         self.timeout = timeout
         fixed = {"User-Agent": USER_AGENT, **(headers or {})}
@@ -204,20 +236,36 @@ class HttpAdapter:
             json=json,
             extensions={"timeout": self._timeout},
         )
+        error: SendError
         try:
             response = await self._open.handle_async_request(request)
             await response.aread()  # already read by our transport; MockTransport streams
+            return response
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # Never connected, so nothing was sent: safe to send again.
-            raise TransientSendError(f"cannot reach the provider: {exc}", code="connection_error") from exc
+            error = TransientSendError(
+                f"cannot reach the provider: {self.redact(exc)}", code="connection_error"
+            )
         except (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError) as exc:
             if method in ("GET", "HEAD"):  # a lookup may simply be asked again
-                raise TransientSendError(f"no answer from the provider: {exc}", code="timeout") from exc
-            # The request went out and no answer came: the provider may have accepted it, and
-            # sending again blindly could deliver it twice (the sender looks it up first).
-            raise UnknownOutcomeError(
-                f"sent, but no answer from the provider ({exc.__class__.__name__})"
-            ) from exc
+                error = TransientSendError(f"no answer from the provider: {self.redact(exc)}", code="timeout")
+            else:
+                # The request went out and no answer came: the provider may have accepted it, and
+                # sending again blindly could deliver it twice (the sender looks it up first).
+                error = UnknownOutcomeError(
+                    f"sent, but no answer from the provider ({exc.__class__.__name__})"
+                )
         except httpx.TransportError as exc:  # write errors, pool timeouts: the request did not go out whole
-            raise TransientSendError(f"cannot reach the provider: {exc}", code="connection_error") from exc
-        return response
+            error = TransientSendError(
+                f"cannot reach the provider: {self.redact(exc)}", code="connection_error"
+            )
+        # Raised outside the handlers, so the transport's exception (its text may hold the URL)
+        # is not chained into tracebacks; its redacted text is in the message.
+        raise error
+
+    def redact(self, exc: BaseException) -> str:
+        """An exception's text with this adapter's URL credentials blanked out."""
+        text = str(exc) or exc.__class__.__name__
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text

@@ -24,6 +24,7 @@ from channels.base import (
 )
 from channels.http import (
     HttpAdapter,
+    error_code,
     json_or_empty,
     raise_for_transient_status,
     retry_after_seconds,
@@ -116,8 +117,8 @@ class TwilioChannel(HttpAdapter):
 
     def _raise(self, response: httpx.Response) -> None:
         body = json_or_empty(response)
-        code = body.get("code")
-        text = str(body.get("message") or f"HTTP {response.status_code}")
+        code = error_code(body.get("code"))
+        text = str(body.get("message") or f"HTTP {response.status_code}")[:500]
         if code in RATE_LIMIT_CODES:
             raise TransientSendError(text, code=str(code), retry_after=retry_after_seconds(response))
         raise_for_transient_status(response)
@@ -217,4 +218,6 @@ def verify_signature(url: str, params: dict[str, list[str]], auth_token: str, he
     parts = urlsplit(url)
     if parts.port in (80, 443):
         candidates.add(urlunsplit(parts._replace(netloc=parts.hostname or "")))
-    return any(hmac.compare_digest(signature(u, params, auth_token), header) for u in candidates)
+    # Bytes: compare_digest refuses str with non-ASCII characters (a header can carry any).
+    given = header.encode("utf-8", "replace")
+    return any(hmac.compare_digest(signature(u, params, auth_token).encode(), given) for u in candidates)

@@ -40,6 +40,13 @@ def _code(description: str) -> str:
     return "bad_request"
 
 
+def _seconds(value: object) -> float:
+    """`parameters.retry_after` as seconds (1 when it is missing or not a number)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return 1.0
+
+
 class TelegramChannel(NoSentLookup, HttpAdapter):
     """Telegram Bot API adapter."""
 
@@ -59,7 +66,13 @@ class TelegramChannel(NoSentLookup, HttpAdapter):
         if not settings.token.get_secret_value():
             raise ProviderConfigError("Telegram needs CAMPAIGNS_TELEGRAM_BOT__TOKEN")
         self.settings = settings
-        super().__init__(settings.base_url, transport=transport, timeout=timeout)
+        # The token is in every URL path: keep it out of error texts.
+        super().__init__(
+            settings.base_url,
+            transport=transport,
+            timeout=timeout,
+            secrets=(settings.token.get_secret_value(),),
+        )
 
     async def send(self, message: OutboundMessage) -> SendResult:
         """sendMessage; ok → delivered (platform level)."""
@@ -72,14 +85,14 @@ class TelegramChannel(NoSentLookup, HttpAdapter):
         )
         body = json_or_empty(response)
         if response.status_code == 200 and body.get("ok"):
-            result = body.get("result") or {}
-            return SendResult(
-                provider_message_id=f"{message.to}:{result.get('message_id')}", status="delivered"
-            )
-        description = str(body.get("description") or f"HTTP {response.status_code}")
-        retry_after = (body.get("parameters") or {}).get("retry_after")
+            result = body.get("result")
+            message_id = result.get("message_id") if isinstance(result, dict) else None
+            return SendResult(provider_message_id=f"{message.to}:{message_id}", status="delivered")
+        description = str(body.get("description") or f"HTTP {response.status_code}")[:500]
+        parameters = body.get("parameters")
+        retry_after = parameters.get("retry_after") if isinstance(parameters, dict) else None
         if response.status_code == 429 or retry_after is not None:
-            raise TransientSendError(description, code="429", retry_after=float(retry_after or 1))
+            raise TransientSendError(description, code="429", retry_after=_seconds(retry_after))
         raise_for_transient_status(response)
         if response.status_code in (401, 404):
             raise ProviderConfigError(f"Telegram rejected the bot token: {description}")

@@ -23,6 +23,7 @@ from channels.base import (
 )
 from channels.http import (
     HttpAdapter,
+    error_code,
     json_or_empty,
     raise_for_transient_status,
     retry_after_seconds,
@@ -41,18 +42,19 @@ def status_update(status: dict[str, Any]) -> StatusUpdate | None:
     """One `statuses[]` item of a webhook → our update (None for statuses we do not track)."""
     wamid = status.get("id")
     value = status.get("status")
-    if not wamid or not value:
+    if not isinstance(wamid, str) or not wamid or not isinstance(value, str):
         return None
     if value in ("delivered", "read", "played"):
-        return StatusUpdate(str(wamid), "delivered")
+        return StatusUpdate(wamid, "delivered")
     if value == "sent":
-        return StatusUpdate(str(wamid), "sent")
+        return StatusUpdate(wamid, "sent")
     if value == "failed":
-        errors = status.get("errors") or [{}]
-        code = errors[0].get("code")
-        text = errors[0].get("message") or errors[0].get("title") or "failed"
+        errors = status.get("errors")
+        first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+        code = error_code(first.get("code"))
+        text = first.get("message") or first.get("title") or "failed"
         final = "undelivered" if code in UNDELIVERED else "failed"
-        return StatusUpdate(str(wamid), final, str(code) if code is not None else None, str(text))
+        return StatusUpdate(wamid, final, str(code) if code is not None else None, str(text)[:1000])
     return None
 
 
@@ -103,8 +105,10 @@ class WhatsAppCloudChannel(NoSentLookup, HttpAdapter):
         body = json_or_empty(response)
         if response.status_code == 200 and body.get("messages"):
             return SendResult(provider_message_id=str(body["messages"][0]["id"]), status="sent")
-        error = body.get("error") or {}
-        code = error.get("code")
+        error = body.get("error")
+        if not isinstance(error, dict):
+            error = {}
+        code = error_code(error.get("code"))
         text = str(error.get("message") or f"HTTP {response.status_code}")
         if code in RATE_LIMIT:
             raise TransientSendError(text, code=str(code), retry_after=retry_after_seconds(response))
@@ -129,15 +133,22 @@ def verify_signature(raw_body: bytes, app_secret: str, header: str | None) -> bo
     if not header or not app_secret or not header.startswith("sha256="):
         return False
     expected = hmac.new(app_secret.encode(), raw_body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header.removeprefix("sha256="))
+    # Bytes: compare_digest refuses str with non-ASCII characters (a header can carry any).
+    return hmac.compare_digest(expected.encode(), header.removeprefix("sha256=").encode("utf-8", "replace"))
+
+
+def _objects(value: Any) -> list[dict[str, Any]]:
+    """The objects of a JSON array (anything else in a webhook payload is ignored)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def updates_from_webhook(payload: dict[str, Any]) -> list[StatusUpdate]:
-    """Every status update in a (possibly batched) webhook payload."""
+    """Every status update in a (possibly batched) webhook payload; odd shapes are skipped."""
     updates = []
-    for entry in payload.get("entry") or []:
-        for change in entry.get("changes") or []:
-            for status in (change.get("value") or {}).get("statuses") or []:
+    for entry in _objects(payload.get("entry")):
+        for change in _objects(entry.get("changes")):
+            value = change.get("value")
+            for status in _objects(value.get("statuses") if isinstance(value, dict) else None):
                 update = status_update(status)
                 if update is not None:
                     updates.append(update)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from core import audience, contacts, credits, lifecycle, sender_ids
-from core.errors import Conflict, InvalidRequest, NotFound, ValidationFailed
+from core.errors import Conflict, InvalidRequest, NotFound, RateLimited, ValidationFailed
 from core.ids import new_id
 from core.lifecycle import Event
 from core.render import check_placeholders, template_texts
@@ -20,6 +20,8 @@ from models.schemas import CampaignCreate, CampaignUpdate
 
 # A scheduled time this close to now counts as "now", not as the past (client clock skew).
 PAST_TOLERANCE = timedelta(seconds=5)
+# Retry-After of a create over CAMPAIGNS_API__MAX_OPEN_CAMPAIGNS: campaigns take minutes to end.
+OPEN_CAP_RETRY_AFTER_S = 60
 
 
 def validate_content(data: CampaignCreate) -> None:
@@ -54,6 +56,7 @@ class PreparedCampaign:
 
     account_id: str
     data: CampaignCreate
+    sender_id: str  # the sid_ id: what the campaign stores (the value may be 320 characters)
     sender_value: str
     audience: audience.Audience
 
@@ -74,11 +77,37 @@ def prepare_campaign(session: Session, *, account_id: str, data: CampaignCreate)
     priced = audience.estimate(
         session, account_id=account_id, list_id=data.contact_list_id, channel=channel, body=data.body
     )
-    return PreparedCampaign(account_id, data, sender.value, priced)
+    if priced.recipients == 0:
+        # It would cost nothing and send nothing, yet take a run and the reconciler's attention.
+        raise ValidationFailed(
+            f"contact list {data.contact_list_id} has no active contact with an address for {channel}",
+            {"field": "contact_list_id", "skipped": priced.skipped},
+        )
+    return PreparedCampaign(account_id, data, sender.id, sender.value, priced)
 
 
-def insert_campaign(session: Session, prepared: PreparedCampaign, **extra: Any) -> Campaign:
-    """Store a prepared campaign and hold its cost atomically (InsufficientCredits: nothing stored)."""
+def check_open_cap(session: Session, *, account_id: str, max_open: int) -> None:
+    """RateLimited when the account already has `max_open` campaigns that are not final."""
+    open_count = session.exec(
+        select(func.count())
+        .select_from(Campaign)
+        .where(col(Campaign.account_id) == account_id, col(Campaign.status).in_(lifecycle.OPEN_STATUSES))
+    ).one()
+    if open_count >= max_open:
+        raise RateLimited(
+            f"the account has {open_count} open campaigns, the most it may have at once ({max_open}); "
+            "wait for some to finish or cancel some",
+            retry_after=OPEN_CAP_RETRY_AFTER_S,
+        )
+
+
+def insert_campaign(
+    session: Session, prepared: PreparedCampaign, *, max_open: int | None = None, **extra: Any
+) -> Campaign:
+    """Store a prepared campaign and hold its cost atomically (InsufficientCredits: nothing
+    stored); with `max_open`, RateLimited if the account already has that many open."""
+    if max_open is not None:
+        check_open_cap(session, account_id=prepared.account_id, max_open=max_open)
     data = prepared.data
     channel = data.channel.value
     campaign = Campaign(
@@ -87,7 +116,7 @@ def insert_campaign(session: Session, prepared: PreparedCampaign, **extra: Any) 
         name=data.name,
         channel=channel,
         contact_list_id=data.contact_list_id,
-        sender_id=data.sender_id,
+        sender_id=prepared.sender_id,
         sender_value=prepared.sender_value,
         body=data.body,
         template=data.template.to_cloud_api() if data.template is not None else None,
@@ -109,9 +138,13 @@ def insert_campaign(session: Session, prepared: PreparedCampaign, **extra: Any) 
     return campaign
 
 
-def create_campaign(session: Session, *, account_id: str, data: CampaignCreate) -> Campaign:
+def create_campaign(
+    session: Session, *, account_id: str, data: CampaignCreate, max_open: int | None = None
+) -> Campaign:
     """Validate, price and hold credits for a new campaign, all in the caller's transaction."""
-    return insert_campaign(session, prepare_campaign(session, account_id=account_id, data=data))
+    return insert_campaign(
+        session, prepare_campaign(session, account_id=account_id, data=data), max_open=max_open
+    )
 
 
 # -- edit (PATCH) --

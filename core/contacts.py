@@ -8,8 +8,9 @@ from sqlalchemy import delete, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from core.errors import Conflict, NotFound, ValidationFailed
+from core.errors import Conflict, InvalidRequest, NotFound, ValidationFailed
 from core.ids import new_id
+from core.optout import STOP_CHANNEL
 from core.timeutil import utcnow
 from core.validation import is_e164, is_email
 from models import ChannelOptOut, Contact, ContactList, ListMembership
@@ -92,6 +93,9 @@ def update_contact(session: Session, *, account_id: str, contact_id: str, data: 
     """Apply a partial update; `lists` replaces the contact's memberships."""
     contact = get_contact(session, account_id=account_id, contact_id=contact_id)
     fields = data.model_dump(exclude_unset=True)
+    for required in ("name", "phone"):
+        if required in fields and fields[required] is None:
+            raise InvalidRequest(f"{required}: must not be null", {"field": required})
     _check_fields(fields.get("phone"), fields.get("email"))
     if data.lists is not None:
         _check_lists(session, account_id, data.lists)
@@ -106,8 +110,15 @@ def update_contact(session: Session, *, account_id: str, contact_id: str, data: 
     if data.subscribed is True:
         contact.unsubscribed_at = None
         session.execute(delete(ChannelOptOut).where(col(ChannelOptOut.contact_id) == contact.id))
-    elif data.subscribed is False and contact.unsubscribed_at is None:
-        contact.unsubscribed_at = utcnow()
+    elif data.subscribed is False:
+        # The opt-out is the operator's now: an inbound START must not undo it.
+        session.execute(
+            delete(ChannelOptOut).where(
+                col(ChannelOptOut.contact_id) == contact.id, col(ChannelOptOut.channel) == STOP_CHANNEL
+            )
+        )
+        if contact.unsubscribed_at is None:
+            contact.unsubscribed_at = utcnow()
     contact.updated_at = utcnow()
     try:
         with session.begin_nested():

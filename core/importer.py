@@ -21,6 +21,7 @@ from core.ids import new_id
 from core.timeutil import utcnow
 from core.validation import is_email
 from models import Contact, ContactList, ListMembership
+from models.schemas import has_nul
 
 MAX_ROWS = 100_000
 BATCH = 5_000
@@ -81,41 +82,97 @@ def rows_from_csv(text: str) -> list[dict[str, Any]]:
     return rows
 
 
+# Limits of the stored columns and of ContactCreate (SPEC §9): a row over one is rejected alone.
+MAX_NAME = 200
+MAX_ADDRESS_ID = 64  # telegram_chat_id, slack_user_id: VARCHAR(64)
+MAX_ATTRIBUTE_CHARS = 1000
+MAX_ATTRIBUTES = 100
+ECHO = 64  # characters of a rejected value quoted back
+
+
+def _quoted(value: Any) -> str:
+    """A rejected value as quoted in a reason: repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= ECHO else text[:ECHO] + "…"
+
+
+def _address_id(value: Any, field: str) -> tuple[str | None, str | None]:
+    """An optional telegram_chat_id / slack_user_id as stored (a string of at most 64), or why not."""
+    if value is None or value == "":
+        return None, None
+    if isinstance(value, int) and not isinstance(value, bool) and field == "telegram_chat_id":
+        value = str(value)
+    if not isinstance(value, str):
+        return None, f"{field} must be a string"
+    if len(value) > MAX_ADDRESS_ID:
+        return None, f"{field} is longer than {MAX_ADDRESS_ID} characters"
+    return value, None
+
+
+def _attributes(value: Any) -> tuple[dict[str, str] | None, str | None]:
+    """The row's attributes (an object of at most 100 strings of at most 1,000), or why not."""
+    attributes = value or {}
+    if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
+        return None, "attributes must be an object of strings"
+    if len(attributes) > MAX_ATTRIBUTES:
+        return None, f"attributes take at most {MAX_ATTRIBUTES} keys"
+    cleaned = {str(k): v for k, v in attributes.items()}
+    if any(not k or len(k) > MAX_ATTRIBUTE_CHARS or len(v) > MAX_ATTRIBUTE_CHARS for k, v in cleaned.items()):
+        return None, f"attribute keys and values take 1-{MAX_ATTRIBUTE_CHARS} characters"
+    return cleaned, None
+
+
 def _clean(raw: Any, known_lists: set[str]) -> tuple[dict[str, Any] | None, str | None]:
     """A validated row, or the reason it is rejected."""
     if not isinstance(raw, dict):
         return None, "row is not an object"
+    if has_nul(raw):
+        return None, "strings must not contain NUL characters"
     name = raw.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        return None, "name is required (1-200 characters)"
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+        return None, f"name is required (1-{MAX_NAME} characters)"
     phone_raw = raw.get("phone")
     if not isinstance(phone_raw, str) or not phone_raw.strip():
         return None, "phone is required"
     phone = normalize_phone(phone_raw)
     if phone is None:
-        return None, f"phone {phone_raw!r} is not a valid international number (E.164, e.g. +14155550100)"
+        return (
+            None,
+            f"phone {_quoted(phone_raw)} is not a valid international number (E.164, e.g. +14155550100)",
+        )
     email = raw.get("email") or None
     if email is not None and (not isinstance(email, str) or not is_email(email)):
-        return None, f"email {email!r} is not a valid address"
-    attributes = raw.get("attributes") or {}
-    if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
-        return None, "attributes must be an object of strings"
+        return None, f"email {_quoted(email)} is not a valid address"
+    attributes, reason = _attributes(raw.get("attributes"))
+    if attributes is None:
+        return None, reason
     lists = raw.get("lists") or []
     if not isinstance(lists, list) or not all(isinstance(x, str) for x in lists):
         return None, "lists must be an array of list ids"
     unknown = [x for x in lists if x not in known_lists]
     if unknown:
-        return None, f"unknown contact list {unknown[0]}"
-    telegram = raw.get("telegram_chat_id")
+        return None, f"unknown contact list {_quoted(unknown[0])}"
+    telegram, reason = _address_id(raw.get("telegram_chat_id"), "telegram_chat_id")
+    if reason:
+        return None, reason
+    slack, reason = _address_id(raw.get("slack_user_id"), "slack_user_id")
+    if reason:
+        return None, reason
     return {
         "name": name.strip(),
         "phone": phone,
         "email": email,
-        "telegram_chat_id": None if telegram in (None, "") else str(telegram),
-        "slack_user_id": raw.get("slack_user_id") or None,
-        "attributes": {str(k): v for k, v in attributes.items()},
+        "telegram_chat_id": telegram,
+        "slack_user_id": slack,
+        "attributes": attributes,
         "lists": list(dict.fromkeys(lists)),
     }, None
+
+
+def _echoed_phone(raw: Any) -> str | None:
+    """The phone of a rejected row as echoed back: a string, cut to 64 characters."""
+    phone = raw.get("phone") if isinstance(raw, dict) else None
+    return phone[:ECHO] if isinstance(phone, str) else None
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -143,13 +200,7 @@ def import_contacts(
     for number, raw in enumerate(rows, start=first_row):
         row, reason = _clean(raw, known_lists)
         if row is None:
-            result.rejected_rows.append(
-                {
-                    "row": number,
-                    "reason": reason,
-                    "phone": raw.get("phone") if isinstance(raw, dict) else None,
-                }
-            )
+            result.rejected_rows.append({"row": number, "reason": reason, "phone": _echoed_phone(raw)})
         elif row["phone"] in clean:
             result.rejected_rows.append(
                 {"row": number, "reason": "duplicate phone in this import", "phone": row["phone"]}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from core.errors import ValidationFailed
 
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 SIMPLE_FIELDS = frozenset({"name", "first_name", "phone", "email"})
-ATTRIBUTE_KEY = re.compile(r"^attributes\.([A-Za-z0-9_\-]+)$")
+ATTRIBUTE_KEY = re.compile(r"attributes\.([A-Za-z0-9_\-]+)")  # fullmatch: `$` allows a trailing "\n"
 
 # GSM 03.38 basic set; the extension set costs two septets per character.
 GSM7_BASIC = set(
@@ -29,7 +29,7 @@ def placeholders(text: str) -> list[str]:
 def check_placeholders(text: str) -> None:
     """Raise ValidationFailed on a placeholder this service cannot fill."""
     unknown = [
-        name for name in placeholders(text) if name not in SIMPLE_FIELDS and not ATTRIBUTE_KEY.match(name)
+        name for name in placeholders(text) if name not in SIMPLE_FIELDS and not ATTRIBUTE_KEY.fullmatch(name)
     ]
     if unknown:
         raise ValidationFailed(
@@ -83,15 +83,29 @@ def is_gsm7(text: str) -> bool:
     return all(ch in GSM7_BASIC or ch in GSM7_EXTENDED for ch in text)
 
 
+def _parts(costs: Iterable[int], single: int, part: int) -> int:
+    """Segments for characters of these costs: one if all fit in `single`, otherwise parts of
+    at most `part` units, a character never split across two (handsets cannot join half an
+    escape sequence or half a surrogate pair, so the encoder moves it to the next part)."""
+    costs = list(costs)
+    if sum(costs) <= single:
+        return 1
+    segments, used = 1, 0
+    for cost in costs:
+        if used + cost > part:
+            segments, used = segments + 1, 0
+        used += cost
+    return segments
+
+
 def sms_segments(text: str) -> int:
-    """Segments an SMS body costs: GSM-7 160/153 septets, otherwise UCS-2 70/67 units."""
+    """Segments an SMS body costs: GSM-7 160/153 septets (an extension character is an escape
+    pair of two), otherwise UCS-2 70/67 UTF-16 units (an astral character is two)."""
     if not text:
         return 1
     if is_gsm7(text):
-        septets = sum(2 if ch in GSM7_EXTENDED else 1 for ch in text)
-        return 1 if septets <= 160 else -(-septets // 153)
-    units = sum(2 if ord(ch) > 0xFFFF else 1 for ch in text)  # UTF-16 code units
-    return 1 if units <= 70 else -(-units // 67)
+        return _parts((2 if ch in GSM7_EXTENDED else 1 for ch in text), 160, 153)
+    return _parts((2 if ord(ch) > 0xFFFF else 1 for ch in text), 70, 67)
 
 
 def message_cost(channel: str, text: str | None) -> int:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -30,7 +30,7 @@ from models import Campaign, CampaignStatus
 log = logging.getLogger("campaigns.reconciler")
 LAUNCH_GRACE = timedelta(seconds=10)
 LOST_RESUME = timedelta(seconds=15)
-BATCH = 5000
+PAGE = 1000  # campaigns per read; a pass reads every page
 S = CampaignStatus
 
 
@@ -49,19 +49,23 @@ class ReconcileReport:
             target.append(campaign_id)
 
 
-def _watched(session: Session) -> list[Campaign]:
-    """Open campaigns, and stopped ones whose credits are not settled yet, least recent first."""
-    return list(
-        session.exec(
-            select(Campaign)
-            .where(
-                col(Campaign.status).in_(lifecycle.OPEN_STATUSES)
-                | (col(Campaign.status).in_([S.cancelled, S.failed]) & col(Campaign.settled_at).is_(None))
-            )
-            .order_by(col(Campaign.created_at))
-            .limit(BATCH)
-        ).all()
+def watched_page(
+    session: Session, *, after: tuple[datetime, str] | None = None, limit: int = PAGE
+) -> list[Campaign]:
+    """Open campaigns, and stopped ones whose credits are not settled yet, oldest first: the
+    page after the (created_at, id) key `after`. A keyset in a total order, so every pass sees
+    every campaign however many one account keeps open."""
+    query = select(Campaign).where(
+        col(Campaign.status).in_(lifecycle.OPEN_STATUSES)
+        | (col(Campaign.status).in_([S.cancelled, S.failed]) & col(Campaign.settled_at).is_(None))
     )
+    if after is not None:
+        created_at, campaign_id = after
+        query = query.where(
+            (col(Campaign.created_at) > created_at)
+            | ((col(Campaign.created_at) == created_at) & (col(Campaign.id) > campaign_id))
+        )
+    return list(session.exec(query.order_by(col(Campaign.created_at), col(Campaign.id)).limit(limit)).all())
 
 
 def _is_uuid(value: str) -> bool:
@@ -79,6 +83,8 @@ async def _flow_run_states(ids: list[str]) -> dict[str, Any]:
 
     states: dict[str, Any] = {}
     ids = [i for i in ids if _is_uuid(i)]
+    if not ids:
+        return states
     async with get_client() as client:
         for start in range(0, len(ids), 200):
             batch = [uuid.UUID(i) for i in ids[start : start + 200]]
@@ -87,11 +93,24 @@ async def _flow_run_states(ids: list[str]) -> dict[str, Any]:
     return states
 
 
-async def reconcile_once(settings: Settings, launcher: Launcher) -> ReconcileReport:
-    """One pass over the campaigns that are not final (and stopped ones not yet settled)."""
+async def reconcile_once(settings: Settings, launcher: Launcher, *, page_size: int = PAGE) -> ReconcileReport:
+    """One pass over the campaigns that are not final (and stopped ones not yet settled), a
+    page at a time."""
     engine = get_engine(settings)
     report = ReconcileReport()
-    rows: list[Campaign] = await in_session(engine, _watched)
+    after: tuple[datetime, str] | None = None
+    while rows := await in_session(engine, watched_page, after=after, limit=page_size):
+        await _reconcile_page(engine, launcher, rows, settings, report)
+        if len(rows) < page_size:
+            break
+        after = (rows[-1].created_at, rows[-1].id)
+    await in_session(engine, slots.reap_expired)
+    return report
+
+
+async def _reconcile_page(
+    engine: Any, launcher: Launcher, rows: list[Campaign], settings: Settings, report: ReconcileReport
+) -> None:
     now = utcnow()
     for campaign in rows:
         if (
@@ -110,8 +129,6 @@ async def reconcile_once(settings: Settings, launcher: Launcher) -> ReconcileRep
     for campaign in rows:
         if await in_session(engine, _settle_stopped, campaign.id):
             report.settled.append(campaign.id)
-    await in_session(engine, slots.reap_expired)
-    return report
 
 
 def _settle_stopped(session: Session, campaign_id: str) -> bool:

@@ -24,7 +24,10 @@ def _create(account_id: str, data: CampaignCreate) -> dict[str, Any]:
     with session_scope(get_engine(get_settings())) as session:
         if accounts.get_account(session, account_id) is None:
             raise NotFound(f"account {account_id} not found")
-        campaign = campaigns.create_campaign(session, account_id=account_id, data=data)
+        settings = get_settings()
+        campaign = campaigns.create_campaign(
+            session, account_id=account_id, data=data, max_open=settings.api.max_open_campaigns
+        )
         return {"id": campaign.id, "channel": campaign.channel, "scheduled_at": campaign.scheduled_at}
 
 

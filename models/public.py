@@ -134,7 +134,9 @@ class MessagePublic(BaseModel):
     to: str = Field(description="The address the message went to.")
     status: str = Field(description="pending, sending, sent, delivered, undelivered or failed.")
     provider_message_id: str | None
-    error_code: str | None = Field(description='The provider\'s code (e.g. "21211") or ours (e.g. "opted_out").')
+    error_code: str | None = Field(
+        description='The provider\'s code (e.g. "21211") or ours (e.g. "opted_out").'
+    )
     error_message: str | None
     attempts: int
     sent_at: Timestamp | None = _ts("When the provider accepted it.")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from models.enums import Channel
 
@@ -18,22 +19,83 @@ def _not_blank(value: str) -> str:
 
 # A campaign's name: 1-200 characters, not only blanks.
 CampaignName = Annotated[StrictStr, Field(min_length=1, max_length=200), AfterValidator(_not_blank)]
+# Every stored string is bounded (SPEC §9): ids, codes, addresses, attribute keys and values.
+Id = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+ErrorCodeText = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+AttributeKey = Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+AttributeValue = Annotated[StrictStr, Field(max_length=1000)]
+MAX_ATTRIBUTES = 100
+MAX_LISTS = 1000
+# The columns are VARCHAR(64); Telegram chat ids fit in 52 bits (and a sign).
+TelegramChatId = (
+    Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    | Annotated[StrictInt, Field(ge=-(2**53), le=2**53)]
+)
+SlackUserId = Annotated[StrictStr, Field(max_length=64)]
+
+
+def has_nul(value: Any) -> bool:
+    """True if a NUL character is in any string of a JSON value (PostgreSQL refuses to store one)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(v) for v in value)
+    return False
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if has_nul(data):
+            raise ValueError("strings must not contain NUL characters")
+        return data
 
 
 class TemplateLanguage(BaseModel):
     code: StrictStr = Field(min_length=1, max_length=20)
 
 
+# The JSON size of the fields of one parameter other than `type`/`text` (an image link, a
+# currency, a date_time, a payload): generous for the Cloud API, and bounded.
+MAX_PARAMETER_JSON = 2048
+
+
+class TemplateParameter(_Body):
+    """One Cloud API template parameter: `type` plus the field it names ("text", "image",
+    "currency", "payload"...), kept as given; only `text` takes placeholders."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: StrictStr = Field(min_length=1, max_length=32)
+    text: StrictStr | None = Field(default=None, max_length=1024)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> TemplateParameter:
+        if len(json.dumps(self.model_extra or {})) > MAX_PARAMETER_JSON:
+            raise ValueError(f"a template parameter takes at most {MAX_PARAMETER_JSON} characters of JSON")
+        return self
+
+
+class TemplateComponent(_Body):
+    """One Cloud API template component (header, body, button)."""
+
+    type: StrictStr = Field(min_length=1, max_length=32)
+    sub_type: StrictStr | None = Field(default=None, max_length=32)
+    index: Annotated[StrictInt, Field(ge=0, le=99)] | Annotated[StrictStr, Field(max_length=2)] | None = None
+    parameters: list[TemplateParameter] | None = Field(default=None, max_length=100)
+
+
 class WhatsAppTemplate(_Body):
     """A WhatsApp Cloud API template; `language` may be "en_US" or {"code": "en_US"}."""
 
     name: StrictStr = Field(min_length=1, max_length=512)
-    language: StrictStr | TemplateLanguage
-    components: list[dict[str, Any]] = Field(default_factory=list)
+    language: Annotated[StrictStr, Field(min_length=1, max_length=20)] | TemplateLanguage
+    components: list[TemplateComponent] = Field(default_factory=list, max_length=20)
 
     def language_code(self) -> str:
         """The language code whichever form it was given in."""
@@ -44,7 +106,7 @@ class WhatsAppTemplate(_Body):
         return {
             "name": self.name,
             "language": {"code": self.language_code()},
-            "components": self.components,
+            "components": [c.model_dump(exclude_unset=True) for c in self.components],
         }
 
 
@@ -73,27 +135,27 @@ class CampaignRetry(_Body):
     """POST /v1/campaigns/{id}/retry: optionally the error codes to retry instead of the
     default set (transient failures, outages, cancelled, unresolved outcome_unknown)."""
 
-    error_codes: list[StrictStr] | None = Field(default=None, min_length=1, max_length=100)
+    error_codes: list[ErrorCodeText] | None = Field(default=None, min_length=1, max_length=100)
 
 
 class ContactCreate(_Body):
     name: StrictStr = Field(min_length=1, max_length=200)
     phone: StrictStr = Field(min_length=1, max_length=32)
     email: StrictStr | None = Field(default=None, max_length=320)
-    telegram_chat_id: StrictStr | int | None = None
-    slack_user_id: StrictStr | None = Field(default=None, max_length=64)
-    attributes: dict[str, StrictStr] = Field(default_factory=dict)
-    lists: list[StrictStr] = Field(default_factory=list)
+    telegram_chat_id: TelegramChatId | None = None
+    slack_user_id: SlackUserId | None = None
+    attributes: dict[AttributeKey, AttributeValue] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
+    lists: list[Id] = Field(default_factory=list, max_length=MAX_LISTS)
 
 
 class ContactUpdate(_Body):
     name: StrictStr | None = Field(default=None, min_length=1, max_length=200)
     phone: StrictStr | None = Field(default=None, min_length=1, max_length=32)
     email: StrictStr | None = Field(default=None, max_length=320)
-    telegram_chat_id: StrictStr | int | None = None
-    slack_user_id: StrictStr | None = Field(default=None, max_length=64)
-    attributes: dict[str, StrictStr] | None = None
-    lists: list[StrictStr] | None = None
+    telegram_chat_id: TelegramChatId | None = None
+    slack_user_id: SlackUserId | None = None
+    attributes: dict[AttributeKey, AttributeValue] | None = Field(default=None, max_length=MAX_ATTRIBUTES)
+    lists: list[Id] | None = Field(default=None, max_length=MAX_LISTS)
     subscribed: bool | None = None
 
 
@@ -102,7 +164,7 @@ class ContactListCreate(_Body):
 
 
 class ListContactsAdd(_Body):
-    contact_ids: list[StrictStr] = Field(min_length=1, max_length=10_000)
+    contact_ids: list[Id] = Field(min_length=1, max_length=10_000)
 
 
 class SenderIdCreate(_Body):

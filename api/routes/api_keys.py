@@ -55,9 +55,7 @@ async def create_api_key(
 ) -> dict[str, Any]:
     """A new key for this account; `api_key` is in this response only."""
     name = data.name if data else None
-    row, key = await in_db(
-        request, lambda s: accounts.create_api_key(s, account_id=account_id, name=name)
-    )
+    row, key = await in_db(request, lambda s: accounts.create_api_key(s, account_id=account_id, name=name))
     return {**key_out(row), "api_key": key}
 
 

@@ -72,7 +72,8 @@ async def create_campaign(
         )
 
     def _insert(session: Session) -> dict[str, Any]:
-        return campaign_out(campaigns.insert_campaign(session, prepared[0]), {})
+        cap = state(request).settings.api.max_open_campaigns
+        return campaign_out(campaigns.insert_campaign(session, prepared[0], max_open=cap), {})
 
     status_code, body, created = await _idempotent(
         request, account_id, idempotency_key, "/v1/campaigns", raw, _insert, prepare=_prepare

@@ -87,8 +87,10 @@ async def whatsapp_events(request: Request) -> Response:
         raise Forbidden("invalid X-Hub-Signature-256")
     try:
         payload: Any = json.loads(raw)
-    except ValueError:
+    except ValueError:  # also UnicodeDecodeError
         raise InvalidRequest("malformed JSON") from None
+    except RecursionError:  # not a ValueError: deeply nested arrays or objects
+        raise InvalidRequest("malformed JSON: nested too deeply") from None
     updates = whatsapp_cloud.updates_from_webhook(payload if isinstance(payload, dict) else {})
     changed = 0
     if updates:
