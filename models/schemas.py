@@ -111,6 +111,33 @@ class WhatsAppTemplate(_Body):
 
 
 class CampaignCreate(_Body):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Weekend Sale",
+                    "channel": "sms",
+                    "contact_list_id": "lst_8h2j4k6l1z3x5c7v9b0n2m4q",
+                    "sender_id": "MYBRAND",
+                    "body": "Hi {{first_name}}, 20% off this weekend.",
+                    "scheduled_at": "2026-07-01T08:00:00Z",
+                },
+                {
+                    "name": "Order update",
+                    "channel": "whatsapp",
+                    "contact_list_id": "lst_8h2j4k6l1z3x5c7v9b0n2m4q",
+                    "sender_id": "106540352242922",
+                    "template": {
+                        "name": "order_update",
+                        "language": "en_US",
+                        "components": [{"type": "body", "parameters": [{"type": "text", "text": "42"}]}],
+                    },
+                },
+            ]
+        },
+    )
+
     name: CampaignName
     channel: Channel
     contact_list_id: StrictStr = Field(min_length=1, max_length=64)
@@ -139,6 +166,21 @@ class CampaignRetry(_Body):
 
 
 class ContactCreate(_Body):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Ada Lovelace",
+                    "phone": "+14155550100",
+                    "email": "ada@example.com",
+                    "attributes": {"city": "London"},
+                    "lists": ["lst_8h2j4k6l1z3x5c7v9b0n2m4q"],
+                }
+            ]
+        },
+    )
+
     name: StrictStr = Field(min_length=1, max_length=200)
     phone: StrictStr = Field(min_length=1, max_length=32)
     email: StrictStr | None = Field(default=None, max_length=320)
