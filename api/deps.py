@@ -150,7 +150,7 @@ async def read_json(request: Request, *, allow_empty: bool = False) -> Any:
         raise InvalidRequest("request body must be a JSON object")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer over 4,300 digits
         raise InvalidRequest(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise InvalidRequest("malformed JSON: nested too deeply") from None

@@ -29,7 +29,14 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope.get("path", ""))
+        path = scope.get("path", "")
+        if "\x00" in path or b"%00" in scope.get("query_string", b"").lower():
+            # PostgreSQL refuses NUL in text: refused here, once, for every path and query parameter.
+            await error_response(400, "invalid_request", "NUL characters are not allowed in the URL")(
+                scope, receive, send
+            )
+            return
+        limit = self.limit_for(path)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:

@@ -56,7 +56,7 @@ class PreparedCampaign:
 
     account_id: str
     data: CampaignCreate
-    sender_id: str  # the sid_ id: what the campaign stores (the value may be 320 characters)
+    sender_id: str  # the sid_ id of the sender the reference resolved to
     sender_value: str
     audience: audience.Audience
 
@@ -116,7 +116,7 @@ def insert_campaign(
         name=data.name,
         channel=channel,
         contact_list_id=data.contact_list_id,
-        sender_id=prepared.sender_id,
+        sender_id=prepared.data.sender_id,  # as the client gave it (value or sid_ id), echoed back
         sender_value=prepared.sender_value,
         body=data.body,
         template=data.template.to_cloud_api() if data.template is not None else None,

@@ -65,6 +65,20 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{' '.join(f'{k}={v}' for k, v in found.items())}]"
 
 
+class HideQueryStrings(logging.Filter):
+    """Access-log lines show paths without their query strings: a provider's handshake carries
+    its secret there (WhatsApp's `hub.verify_token`), and queries are the tenants' business."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?…", *args[3:])
+        return True
+
+
+_HIDE_QUERIES = HideQueryStrings()
+
+
 class ConsoleHandler(logging.StreamHandler[TextIO]):
     """Ours, so that configuring again replaces it instead of adding a second one (and not
     named with a leading underscore: Prefect keeps a root handler only if it is not)."""
@@ -95,6 +109,9 @@ def configure_logging(settings: Settings) -> None:
             logger.removeHandler(old)
         logger.setLevel(level)
         logger.propagate = True
+    access = logging.getLogger("uvicorn.access")
+    if _HIDE_QUERIES not in access.filters:
+        access.addFilter(_HIDE_QUERIES)
 
 
 def _is_console(handler: logging.Handler) -> bool:

@@ -291,8 +291,10 @@ class DatabaseCollector(Collector):
             yield _histogram(histogram, stored.get(histogram.bucket, []), stored.get(histogram.sum, []))
 
     def _messages(self) -> Metric:
-        family = CounterMetricFamily(
-            "campaigns_messages",
+        # A gauge under SPEC's name: messages *now* in each status, so the non-final ones go
+        # down as messages move on (a counter that falls reads as a reset to Prometheus).
+        family = GaugeMetricFamily(
+            "campaigns_messages_total",
             "Messages by channel and current status, counted in the database.",
             labels=["channel", "status"],
         )

@@ -224,31 +224,40 @@ def report_failures(session: Session, *conditions: Any) -> int:
     or undelivered, where their account subscribes; returns the rows inserted. The caller passes
     the conditions of the write that has just failed them (with its `updated_at` stamp, so only
     its own rows match). One query when no account concerned has an endpoint."""
-    ids = list(
-        session.execute(
-            select(col(Message.id))
-            .join(Campaign, col(Campaign.id) == col(Message.campaign_id))
-            .where(
-                *conditions,
-                col(Message.status).in_(FAILED_STATUSES),
-                col(Campaign.account_id).in_(select(col(WebhookEndpoint.account_id))),
-            )
-            .order_by(col(Message.campaign_id), col(Message.seq))
-        ).scalars()
-    )
+    found = session.execute(
+        select(col(Message.id), col(Message.campaign_id), col(Campaign.account_id))
+        .join(Campaign, col(Campaign.id) == col(Message.campaign_id))
+        .where(
+            *conditions,
+            col(Message.status).in_(FAILED_STATUSES),
+            col(Campaign.account_id).in_(select(col(WebhookEndpoint.account_id))),
+        )
+        .order_by(col(Message.campaign_id), col(Message.seq))
+    ).all()
+    # Only accounts with an endpoint for message.failed pay for the rows and the counts.
+    wanted: dict[str, list[str]] = {}
+    for account_id in {row[2] for row in found}:
+        endpoints = subscribers(session, account_id, EventType.message_failed)
+        if endpoints:
+            wanted[account_id] = endpoints
+    ids = [row[0] for row in found if row[2] in wanted]
     inserted = 0
-    seen: dict[str, tuple[Campaign, list[str], dict[str, Any]]] = {}
+    seen: dict[str, tuple[Campaign, dict[str, Any]]] = {}
     for start in range(0, len(ids), BATCH):
         for campaign_id, rows in _messages_by_campaign(session, ids[start : start + BATCH]).items():
             if campaign_id not in seen:
                 campaign = session.get(Campaign, campaign_id, populate_existing=True)
                 assert campaign is not None
-                endpoints = subscribers(session, campaign.account_id, EventType.message_failed)
-                seen[campaign_id] = (campaign, endpoints, _campaign_now(session, campaign))
-            campaign, endpoints, shown = seen[campaign_id]
+                seen[campaign_id] = (campaign, _campaign_now(session, campaign))
+            campaign, shown = seen[campaign_id]
             events = [{"campaign": shown, "message": message_object(row)} for row in rows]
             inserted += _insert(
-                session, campaign.account_id, campaign_id, EventType.message_failed, endpoints, events
+                session,
+                campaign.account_id,
+                campaign_id,
+                EventType.message_failed,
+                wanted[campaign.account_id],
+                events,
             )
     return inserted
 

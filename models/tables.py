@@ -96,14 +96,19 @@ class ListMembership(SQLModel, table=True):
 
 class Campaign(SQLModel, table=True):
     __tablename__ = "campaigns"
-    __table_args__ = (Index("ix_campaigns_account_created", "account_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_campaigns_account_created", "account_id", "created_at"),
+        # The per-account cap on open campaigns counts by status at every create.
+        Index("ix_campaigns_account_status", "account_id", "status"),
+    )
 
     id: str = Field(primary_key=True, max_length=40)
     account_id: str = Field(foreign_key="accounts.id", index=True, max_length=40)
     name: str = Field(max_length=200)
     channel: str = Field(max_length=16)
     contact_list_id: str = Field(max_length=40)
-    sender_id: str = Field(max_length=40)
+    # The sender ID as the create named it: its value (up to 320 characters) or its sid_ id.
+    sender_id: str = Field(max_length=320)
     sender_value: str = Field(max_length=320)
     body: str | None = None
     template: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import ConfigDict, Field, StrictStr
 from sqlmodel import Session
 
 from api.deps import AccountId, Paging, in_db, page_body, state
@@ -14,11 +14,12 @@ from core import accounts
 from core.timeutil import iso_z
 from models import ApiKey
 from models.public import ApiKeyCreated, ApiKeyPublic, Page
+from models.schemas import _Body
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
 
-class ApiKeyCreate(BaseModel):
+class ApiKeyCreate(_Body):
     model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"name": "ci deploys"}]})
 
     name: StrictStr | None = Field(default=None, min_length=1, max_length=200)

@@ -141,7 +141,9 @@ async def create_list(request: Request, account_id: AccountId, data: ContactList
     return list_out(lst, 0)
 
 
-@router.get("/v1/contact-lists", response_model=Page[ContactListPublic], responses=_READ)
+@router.get(
+    "/v1/contact-lists", response_model=Page[ContactListPublic], responses=error_responses(*AUTH_ERRORS)
+)
 async def list_lists(request: Request, account_id: AccountId, paging: Paging) -> dict[str, Any]:
     """A page of contact lists, newest first."""
 

@@ -267,3 +267,30 @@ def test_a_body_that_does_not_parse_is_still_401_without_a_key(client: TestClien
         _error(
             client.post("/v1/contacts", headers={**h, **t.headers}, content=content), 400, "invalid_request"
         )
+
+
+def test_moderately_deep_bodies_huge_numbers_and_nul_in_urls_are_400(
+    client: TestClient, engine: Engine
+) -> None:
+    """Found in review: a body nested ~450 levels deep parsed fine and then overflowed a recursive
+    validator (500); an integer over 4,300 digits broke the import's parser (500); a NUL in a
+    path or query reached PostgreSQL (500)."""
+    t = make_tenant(engine)
+    h = {**t.headers, "Content-Type": "application/json"}
+    for depth in (450, 900):
+        junk = "[" * depth + "]" * depth
+        contact = '{"name": "x", "phone": "+14155559999", "junk": ' + junk + "}"
+        r = client.post("/v1/contacts", headers=h, content=contact)
+        assert r.status_code in (201, 400, 409), r.text
+        r = client.post("/v1/contacts/import", headers=h, content=f"[{contact}]")
+        assert r.status_code in (200, 400), r.text
+        r = client.post("/v1/api-keys", headers=h, content='{"name": "k", "junk": ' + junk + "}")
+        assert r.status_code in (201, 400), r.text
+    huge = "1" * 5000
+    r = client.post(
+        "/v1/contacts/import", headers=h, content='[{"name": "x", "phone": "+1", "n": ' + huge + "}]"
+    )
+    _error(r, 400, "invalid_request")
+    _error(client.post("/v1/api-keys", headers=t.headers, json={"name": "a\x00b"}), 400, "invalid_request")
+    _error(client.get("/v1/campaigns/cmp_%00x", headers=t.headers), 400, "invalid_request")
+    _error(client.get("/v1/contacts?list_id=%00", headers=t.headers), 400, "invalid_request")

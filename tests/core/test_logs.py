@@ -136,3 +136,30 @@ def test_json_configuration_replaces_console_handlers_and_keeps_others(
             "request_id": "req_42",
         }
     ]
+
+
+def test_access_log_lines_hide_query_strings() -> None:
+    """Found in review: with the access log on, WhatsApp's handshake wrote its verify token
+    (`?hub.verify_token=…`) into every log line."""
+    import logging
+
+    from core.logs import HideQueryStrings
+
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        (
+            "127.0.0.1:5000",
+            "GET",
+            "/v1/webhooks/whatsapp?hub.verify_token=s3cret&hub.challenge=1",
+            "1.1",
+            200,
+        ),
+        None,
+    )
+    assert HideQueryStrings().filter(record)
+    line = record.getMessage()
+    assert "s3cret" not in line and "/v1/webhooks/whatsapp?…" in line

@@ -108,7 +108,7 @@ def test_every_family_is_exposed_even_before_anything_happened(engine: Engine) -
     text = generate_latest(metrics.registry_for(engine)).decode()
     types = {f.name: f.type for f in text_string_to_metric_families(text)}
     assert types == {
-        "campaigns_messages": "counter",
+        "campaigns_messages_total": "gauge",
         "campaigns_campaigns": "gauge",
         "campaigns_provider_requests": "counter",
         "campaigns_provider_request_seconds": "histogram",

@@ -180,7 +180,7 @@ def test_events_reach_a_receiver_signed_in_order_through_failures_and_a_restart(
         # Metrics: every SPEC family, with live values while the campaign ran.
         families = scrape()
         for name in (
-            "campaigns_messages",
+            "campaigns_messages_total",
             "campaigns_provider_requests",
             "campaigns_provider_request_seconds",
             "campaigns_campaigns",
@@ -188,10 +188,10 @@ def test_events_reach_a_receiver_signed_in_order_through_failures_and_a_restart(
             "campaigns_http_request_seconds",
         ):
             assert name in families, sorted(families)
-        assert seen["campaigns_messages"] and seen["campaigns_http_requests"]
+        assert seen["campaigns_messages_total"] and seen["campaigns_http_requests"]
         delivered = [
             s
-            for s in families["campaigns_messages"].samples
+            for s in families["campaigns_messages_total"].samples
             if s.labels == {"channel": "sms", "status": "delivered"}
         ]
         assert delivered and delivered[0].value == 39

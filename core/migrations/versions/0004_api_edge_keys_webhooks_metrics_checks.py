@@ -62,6 +62,14 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('last_used_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
 
     # ### end Alembic commands ###
+    # A campaign keeps the sender reference it was created with: a value may be 320 characters.
+    with op.batch_alter_table('campaigns', schema=None) as batch_op:
+        batch_op.alter_column('sender_id',
+               existing_type=sqlmodel.sql.sqltypes.AutoString(length=40),
+               type_=sqlmodel.sql.sqltypes.AutoString(length=320),
+               existing_nullable=False)
+        batch_op.create_index('ix_campaigns_account_status', ['account_id', 'status'], unique=False)
+
     # The credit invariant backed by the database (autogenerate does not see CHECKs).
     with op.batch_alter_table('accounts', schema=None) as batch_op:
         batch_op.create_check_constraint('ck_accounts_balance_nonnegative', 'balance >= 0')
@@ -69,6 +77,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('campaigns', schema=None) as batch_op:
+        batch_op.drop_index('ix_campaigns_account_status')
+        batch_op.alter_column('sender_id',
+               existing_type=sqlmodel.sql.sqltypes.AutoString(length=320),
+               type_=sqlmodel.sql.sqltypes.AutoString(length=40),
+               existing_nullable=False)
+
     with op.batch_alter_table('accounts', schema=None) as batch_op:
         batch_op.drop_constraint('ck_accounts_reserved_nonnegative', type_='check')
         batch_op.drop_constraint('ck_accounts_balance_nonnegative', type_='check')
