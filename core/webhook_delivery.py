@@ -44,9 +44,13 @@ SIGNATURE_HEADER = "X-Campaigns-Signature"
 USER_AGENT = "campaigns-webhooks/0.1"
 FIRST_RETRY_S = 5.0
 JITTER = 0.2
-# Rows claimed per pass, and requests in flight at once.
-BATCH = 50
+# Lines (endpoint, campaign) started per pass, one request in flight each: no claimed row
+# waits for a free slot, so a claim never outlives its lease before its attempt starts.
 CONCURRENCY = 16
+BATCH = CONCURRENCY
+# After a delivery, the next event of the same line is sent in the same pass, up to this many:
+# a backlog of one campaign drains at the receiver's pace, not one event per pass.
+FOLLOW = 200
 
 Clock = Callable[[], datetime]
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -74,6 +78,8 @@ class Due:
     """A claimed row with what sending it needs."""
 
     id: int
+    endpoint_id: str
+    campaign_id: str | None
     url: str | None  # None: the endpoint was deleted
     secret: str
     payload: str
@@ -135,12 +141,45 @@ def claim(session: Session, rows: list[tuple[int, datetime]], *, now: datetime, 
         return []
     d, e = WebhookDelivery, WebhookEndpoint
     found = session.execute(
-        select(col(d.id), col(e.url), col(e.secret), col(d.payload), col(d.created_at), col(d.attempts))
+        select(
+            col(d.id),
+            col(d.endpoint_id),
+            col(d.campaign_id),
+            col(e.url),
+            col(e.secret),
+            col(d.payload),
+            col(d.created_at),
+            col(d.attempts),
+        )
         .outerjoin(e, col(e.id) == col(d.endpoint_id))
         .where(col(d.id).in_(won))
         .order_by(col(d.id))
     ).all()
-    return [Due(int(r[0]), r[1], r[2] or "", r[3], r[4], int(r[5]), until) for r in found]
+    return [Due(int(r[0]), r[1], r[2], r[3], r[4] or "", r[5], r[6], int(r[7]), until) for r in found]
+
+
+def next_in_line(
+    session: Session, *, endpoint_id: str, campaign_id: str | None, now: datetime
+) -> list[tuple[int, datetime]]:
+    """The head of a line (its lowest pending row), if it is due now."""
+    d = WebhookDelivery
+    same_campaign = (
+        col(d.campaign_id).is_(None) if campaign_id is None else col(d.campaign_id) == campaign_id
+    )
+    row = session.execute(
+        select(col(d.id), col(d.next_attempt_at))
+        .where(
+            col(d.endpoint_id) == endpoint_id,
+            same_campaign,
+            col(d.delivered_at).is_(None),
+            col(d.failed_at).is_(None),
+        )
+        .order_by(col(d.id))
+        .limit(1)
+    ).first()
+    if row is None or as_utc(row[1]) > as_utc(now):
+        return []
+    return [(int(row[0]), row[1])]
 
 
 def record(
@@ -258,13 +297,21 @@ async def deliver_due(
     if not rows:
         return 0
     claimed = await in_session(engine, claim, rows, now=now(), lease=lease_s(settings))
-    semaphore = asyncio.Semaphore(CONCURRENCY)
 
     async def _one(due: Due) -> None:
-        async with semaphore:
+        for _ in range(FOLLOW):
             outcome = await attempt(client, due, settings=settings, now=now, resolver=resolver)
-        # Recorded at once: the campaign's next event waits for this one only.
-        await in_session(engine, record, outcome, now=now(), settings=settings, rng=rng)
+            # Recorded at once: the campaign's next event waits for this one only.
+            await in_session(engine, record, outcome, now=now(), settings=settings, rng=rng)
+            if outcome.error is not None:
+                return
+            head = await in_session(
+                engine, next_in_line, endpoint_id=due.endpoint_id, campaign_id=due.campaign_id, now=now()
+            )
+            follow = await in_session(engine, claim, head, now=now(), lease=lease_s(settings)) if head else []
+            if not follow:
+                return
+            due = follow[0]
 
     for failure in await asyncio.gather(*(_one(due) for due in claimed), return_exceptions=True):
         if isinstance(failure, BaseException):  # e.g. the database went away: said once, after all

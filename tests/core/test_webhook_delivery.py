@@ -420,3 +420,25 @@ def test_old_delivered_and_given_up_rows_are_pruned(engine: Engine) -> None:
         assert prune(s, before=now - timedelta(days=7)) == 2
     with session_scope(engine) as s:
         assert sorted(r.event_id for r in s.query(WebhookDelivery)) == ["evt_3", "evt_4"]
+
+
+async def test_a_campaigns_backlog_drains_in_one_pass_in_order(engine: Engine) -> None:
+    """Found in review: each pass sent one event per (endpoint, campaign), so 20,000 failed
+    messages of one campaign took 20,000 passes. Now a pass follows the line after each delivery."""
+    ok = Receiver()
+    try:
+        tenant, _secret = _endpoint(engine, ok.url)
+        cids = [_campaign_with_three_events(engine, tenant) for _ in range(2)]
+        settings = WebhooksSettings(**FAST)
+        async with new_client(settings) as client:
+            await deliver_due(engine, settings, client)
+        assert all(r.delivered_at is not None for r in _rows(engine))
+        by_campaign: dict[str, list[str]] = {}
+        for _h, body in ok.requests:
+            event = json.loads(body)
+            by_campaign.setdefault(event["data"]["campaign"]["id"], []).append(
+                event["data"]["campaign"]["status"]
+            )
+        assert {c: by_campaign[c] for c in cids} == {c: ["processing", "paused", "processing"] for c in cids}
+    finally:
+        ok.close()
