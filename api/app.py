@@ -8,17 +8,23 @@ from sqlalchemy import Engine
 from api import errors, observability, openapi
 from api.deps import AppState, KeyCache
 from api.limits import BodyLimitMiddleware
-from api.routes import account, api_keys, campaigns, contacts, webhook_endpoints, webhooks
+from api.routes import account, api_keys, campaigns, contacts, schedules, webhook_endpoints, webhooks
 from core.db import get_engine, get_read_engine, make_engine
 from core.launcher import Launcher, NullLauncher
 from core.ratelimit import Buckets, DbTokenBuckets, TokenBuckets
+from core.schedules import NullScheduler, Scheduler
 from core.settings import Settings, get_settings
 
 
 def create_app(
-    settings: Settings | None = None, *, launcher: Launcher | None = None, engine: Engine | None = None
+    settings: Settings | None = None,
+    *,
+    launcher: Launcher | None = None,
+    scheduler: Scheduler | None = None,
+    engine: Engine | None = None,
 ) -> FastAPI:
-    """Build the API over a migrated database; the launcher starts flow runs."""
+    """Build the API over a migrated database; the launcher starts flow runs, the scheduler
+    keeps recurring campaigns."""
     settings = settings or get_settings()
     app = FastAPI(
         title="Campaigns API",
@@ -47,6 +53,7 @@ def create_app(
             else engine
         ),
         launcher=launcher or NullLauncher(),
+        scheduler=scheduler or NullScheduler(),
         buckets=buckets,
         keys=KeyCache(settings.api.key_cache_s),
     )
@@ -54,6 +61,7 @@ def create_app(
     errors.install(app)
     observability.install(app)
     app.include_router(campaigns.router)
+    app.include_router(schedules.router)
     app.include_router(contacts.router)
     app.include_router(account.router)
     app.include_router(api_keys.router)

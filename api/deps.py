@@ -22,8 +22,10 @@ from core.ids import hash_api_key
 from core.launcher import Launcher
 from core.logs import account_id_var
 from core.ratelimit import Buckets, TokenBuckets, retry_after_header
+from core.schedules import Scheduler
 from core.settings import Settings
 from core.timeutil import utcnow
+from core.validation import schema_error
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -61,6 +63,7 @@ class AppState:
     engine: Engine
     read_engine: Engine
     launcher: Launcher
+    scheduler: Scheduler
     buckets: Buckets
     keys: KeyCache
 
@@ -163,11 +166,7 @@ def validate_body(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"]) or None, "message": e["msg"]} for e in exc.errors()
-        ]
-        first = errors[0]
-        raise InvalidRequest(f"{first['field']}: {first['message']}", {"errors": errors}) from None
+        raise schema_error(exc) from None
 
 
 def page_body(items: list[dict[str, Any]], page: Page, total: int) -> dict[str, Any]:

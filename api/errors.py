@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import DomainError, RateLimited
+from core.errors import DomainError, RateLimited, Unavailable
 from core.logs import request_id_var
 
 log = logging.getLogger("campaigns.api")
@@ -26,6 +26,7 @@ HTTP_CODES = {
     409: "conflict",
     422: "validation_error",
     429: "rate_limit_exceeded",
+    503: "service_unavailable",
 }
 
 
@@ -39,6 +40,7 @@ ERROR_DESCRIPTIONS = {
     422: "Well-formed but semantically invalid (validation_error, insufficient_credits).",
     429: "Over the account's rate limit (rate_limit_exceeded); see Retry-After.",
     500: "Internal error (internal_error).",
+    503: "Prefect did not answer; nothing was changed (service_unavailable); see Retry-After.",
 }
 
 
@@ -50,7 +52,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {}
     for status in sorted({*statuses, 500}):
         entry: dict[str, Any] = {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]}
-        if status == 429:
+        if status in (429, 503):
             entry["headers"] = {
                 "Retry-After": {"description": "Seconds to wait (≥ 1).", "schema": {"type": "integer"}}
             }
@@ -136,15 +138,15 @@ async def _authentication_first(request: Request) -> JSONResponse | None:
 
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
-    needs_key = dependant is not None and any(
-        d.call is current_account_id for d in dependant.dependencies
-    )
+    needs_key = dependant is not None and any(d.call is current_account_id for d in dependant.dependencies)
     if not needs_key:
         return None
     try:
         await current_account_id(request)
     except DomainError as err:
-        headers = {"Retry-After": str(err.retry_after)} if isinstance(err, RateLimited) else None
+        headers = (
+            {"Retry-After": str(err.retry_after)} if isinstance(err, RateLimited | Unavailable) else None
+        )
         return error_response(err.status_code, err.code, err.message, err.details, headers)
     return None
 
@@ -156,7 +158,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, exc: DomainError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        headers = (
+            {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited | Unavailable) else None
+        )
         return error_response(exc.status_code, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)

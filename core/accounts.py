@@ -110,10 +110,7 @@ def touch_api_key(session: Session, *, key_id: str, now: datetime | None = None)
     session.execute(
         update(ApiKey)
         .where(col(ApiKey.id) == key_id)
-        .where(
-            (col(ApiKey.last_used_at).is_(None))
-            | (col(ApiKey.last_used_at) < now - LAST_USED_RESOLUTION)
-        )
+        .where((col(ApiKey.last_used_at).is_(None)) | (col(ApiKey.last_used_at) < now - LAST_USED_RESOLUTION))
         .values(last_used_at=now)
     )
 

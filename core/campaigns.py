@@ -15,7 +15,7 @@ from core.lifecycle import Event
 from core.render import check_placeholders, template_texts
 from core.timeutil import as_utc, utcnow
 from core.validation import BODY_LIMITS
-from models import Campaign, CampaignStatus, Message, SenderIdStatus
+from models import Campaign, CampaignStatus, Message, SenderId, SenderIdStatus
 from models.schemas import CampaignCreate, CampaignUpdate
 
 # A scheduled time this close to now counts as "now", not as the past (client clock skew).
@@ -61,9 +61,9 @@ class PreparedCampaign:
     audience: audience.Audience
 
 
-def prepare_campaign(session: Session, *, account_id: str, data: CampaignCreate) -> PreparedCampaign:
-    """Every check of a create (404 list, 422 sender/content) and the price; reads only, so the
-    API runs it on a read-only connection (pricing a big list streams it)."""
+def check_campaign(session: Session, *, account_id: str, data: CampaignCreate) -> SenderId:
+    """The checks of a create before pricing, in SPEC order (404 list, 422 sender/content);
+    returns the sender ID the reference names."""
     channel = data.channel.value
     contacts.get_list(session, account_id=account_id, list_id=data.contact_list_id)
     sender = sender_ids.find_for_campaign(session, account_id=account_id, channel=channel, ref=data.sender_id)
@@ -74,6 +74,14 @@ def prepare_campaign(session: Session, *, account_id: str, data: CampaignCreate)
             {"field": "sender_id"},
         )
     validate_content(data)
+    return sender
+
+
+def prepare_campaign(session: Session, *, account_id: str, data: CampaignCreate) -> PreparedCampaign:
+    """Every check of a create (404 list, 422 sender/content) and the price; reads only, so the
+    API runs it on a read-only connection (pricing a big list streams it)."""
+    channel = data.channel.value
+    sender = check_campaign(session, account_id=account_id, data=data)
     priced = audience.estimate(
         session, account_id=account_id, list_id=data.contact_list_id, channel=channel, body=data.body
     )
@@ -102,10 +110,16 @@ def check_open_cap(session: Session, *, account_id: str, max_open: int) -> None:
 
 
 def insert_campaign(
-    session: Session, prepared: PreparedCampaign, *, max_open: int | None = None, **extra: Any
+    session: Session,
+    prepared: PreparedCampaign,
+    *,
+    max_open: int | None = None,
+    hold: bool = True,
+    **extra: Any,
 ) -> Campaign:
     """Store a prepared campaign and hold its cost atomically (InsufficientCredits: nothing
-    stored); with `max_open`, RateLimited if the account already has that many open."""
+    stored); with `max_open`, RateLimited if the account already has that many open;
+    `hold=False` stores it without a hold (a campaign about to be failed)."""
     if max_open is not None:
         check_open_cap(session, account_id=prepared.account_id, max_open=max_open)
     data = prepared.data
@@ -130,9 +144,10 @@ def insert_campaign(
     )
     session.add(campaign)
     session.flush()
-    credits.hold(
-        session, account_id=prepared.account_id, campaign_id=campaign.id, amount=prepared.audience.cost
-    )
+    if hold:
+        credits.hold(
+            session, account_id=prepared.account_id, campaign_id=campaign.id, amount=prepared.audience.cost
+        )
     session.flush()
     session.refresh(campaign)
     return campaign

@@ -59,3 +59,14 @@ class RateLimited(DomainError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message, {"retry_after": retry_after})
         self.retry_after = retry_after
+
+
+class Unavailable(DomainError):
+    """The orchestrator (Prefect) did not answer: nothing was changed; try again shortly."""
+
+    status_code = 503
+    code = "service_unavailable"
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message, {"retry_after": retry_after})
+        self.retry_after = retry_after

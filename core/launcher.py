@@ -17,8 +17,11 @@ class Launcher(Protocol):
         channel: str,
         scheduled_at: datetime | None,
         key: str | None = None,
+        name: str | None = None,
+        schedule_id: str | None = None,
     ) -> str:
-        """Create (idempotently, keyed by campaign id) the campaign's flow run; returns its id."""
+        """Create (idempotently, keyed by campaign id) the campaign's flow run; returns its id.
+        `name` (the campaign's) goes into the run's name, `schedule_id` into its tags."""
         ...
 
     async def cancel(self, *, flow_run_id: str) -> None:
@@ -56,6 +59,8 @@ class NullLauncher:
         channel: str,
         scheduled_at: datetime | None,
         key: str | None = None,
+        name: str | None = None,
+        schedule_id: str | None = None,
     ) -> str:
         raise RuntimeError("no orchestrator configured")
 

@@ -6,8 +6,11 @@ Patterns are matched with `fullmatch`: `$` also matches before a trailing newlin
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from core.errors import ValidationFailed
+from pydantic import ValidationError
+
+from core.errors import InvalidRequest, ValidationFailed
 
 E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
@@ -56,3 +59,14 @@ def check_sender_value(channel: str, value: str) -> None:
             f"invalid sender ID for {channel}: expected {hint}",
             {"field": "value", "channel": channel},
         )
+
+
+def schema_error(exc: ValidationError) -> InvalidRequest:
+    """A pydantic validation error as the API's 400: the first field at fault in the message,
+    every one in the details."""
+    errors: list[dict[str, Any]] = [
+        {"field": ".".join(str(p) for p in e["loc"]) or None, "message": e["msg"]} for e in exc.errors()
+    ]
+    first = errors[0]
+    message = f"{first['field']}: {first['message']}" if first["field"] else str(first["message"])
+    return InvalidRequest(message, {"errors": errors})

@@ -163,9 +163,7 @@ def next_in_line(
 ) -> list[tuple[int, datetime]]:
     """The head of a line (its lowest pending row), if it is due now."""
     d = WebhookDelivery
-    same_campaign = (
-        col(d.campaign_id).is_(None) if campaign_id is None else col(d.campaign_id) == campaign_id
-    )
+    same_campaign = col(d.campaign_id).is_(None) if campaign_id is None else col(d.campaign_id) == campaign_id
     row = session.execute(
         select(col(d.id), col(d.next_attempt_at))
         .where(

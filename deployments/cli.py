@@ -220,13 +220,14 @@ def build_api(settings: Settings) -> Any:
     from api.app import create_app
     from core.launcher import NullLauncher
     from flows.launcher import PrefectLauncher
+    from flows.schedules import PrefectScheduler
 
     if not _prefect_api_url():
         logging.getLogger("campaigns.api").warning(
             "PREFECT_API_URL is not set: campaigns stay draft until a worker's reconciler starts them"
         )
         return create_app(settings, launcher=NullLauncher())
-    return create_app(settings, launcher=PrefectLauncher())
+    return create_app(settings, launcher=PrefectLauncher(), scheduler=PrefectScheduler())
 
 
 def api_app() -> Any:

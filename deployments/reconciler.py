@@ -148,6 +148,8 @@ async def _launch(engine: Any, launcher: Launcher, campaign: Campaign, report: R
             channel=campaign.channel,
             scheduled_at=campaign.scheduled_at,
             key=runs.launch_key(campaign),
+            name=campaign.name,
+            schedule_id=campaign.schedule_id,
         )
     except Exception as exc:
         log.warning("could not launch %s yet: %s", campaign.id, exc)

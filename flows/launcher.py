@@ -16,6 +16,17 @@ CANCEL_MESSAGE = "cancelled through the campaigns API"
 PAUSE_MESSAGE = "campaign paused through the campaigns API"
 
 
+def run_name(campaign_id: str, name: str | None) -> str:
+    """'cmp_… · Weekend Sale': the id first (SPEC §3), then what a person recognises."""
+    return f"{campaign_id} · {name[:100]}" if name else campaign_id
+
+
+def run_tags(*, account_id: str, channel: str, schedule_id: str | None) -> list[str]:
+    """The tags of a campaign's runs."""
+    tags = [f"channel:{channel}", f"account:{account_id}"]
+    return [*tags, f"schedule:{schedule_id}"] if schedule_id else tags
+
+
 def _not_started() -> tuple[Any, ...]:
     from prefect.client.schemas.objects import StateType
 
@@ -48,9 +59,12 @@ class PrefectLauncher:
         channel: str,
         scheduled_at: datetime | None,
         key: str | None = None,
+        name: str | None = None,
+        schedule_id: str | None = None,
         as_subflow: bool = False,
     ) -> str:
-        """Create the campaign's flow run once (idempotency key = campaign id)."""
+        """Create the campaign's flow run once (idempotency key = campaign id), named after
+        the campaign and tagged so the UI filters by account, channel and schedule."""
         from prefect.deployments.flow_runs import arun_deployment
 
         async def _create() -> str:
@@ -58,8 +72,8 @@ class PrefectLauncher:
                 SEND_DEPLOYMENT,
                 parameters={"campaign_id": campaign_id},
                 scheduled_time=as_utc(scheduled_at) if scheduled_at else None,
-                flow_run_name=campaign_id,
-                tags=[f"channel:{channel}", f"account:{account_id}"],
+                flow_run_name=run_name(campaign_id, name),
+                tags=run_tags(account_id=account_id, channel=channel, schedule_id=schedule_id),
                 idempotency_key=key or campaign_id,
                 timeout=0,
                 as_subflow=as_subflow,

@@ -242,3 +242,56 @@ class ApiKeyCreated(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
+
+
+class ScheduleCampaignPublic(BaseModel):
+    """The campaign a schedule creates at each run (as Prefect holds it: an operator may edit
+    it in the UI)."""
+
+    name: str
+    channel: str
+    contact_list_id: str
+    sender_id: str
+    body: str | None
+    template: dict[str, Any] | None
+    subject: str | None
+
+
+class SchedulePublic(BaseModel):
+    """A recurring campaign: a schedule of the Prefect deployment launch-campaign/default."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "sch_2c4e6g8i0k1m3o5q7s9u1w3y",
+                    "name": "Monday digest",
+                    "cron": "0 9 * * 1",
+                    "interval_seconds": None,
+                    "timezone": "Europe/Paris",
+                    "active": True,
+                    "next_run_at": "2026-07-06T07:00:00Z",
+                    "campaign": {
+                        "name": "Monday digest",
+                        "channel": "email",
+                        "contact_list_id": "lst_8h2j4k6l1z3x5c7v9b0n2m4q",
+                        "sender_id": "news@example.com",
+                        "body": "Hi {{first_name}}, here is this week's news.",
+                        "template": None,
+                        "subject": None,
+                    },
+                    "created_at": "2026-07-01T08:00:00Z",
+                }
+            ]
+        }
+    )
+
+    id: str = Field(description="sch_…, also the Prefect deployment schedule's slug.")
+    name: str
+    cron: str | None
+    interval_seconds: int | None
+    timezone: str = Field(description="IANA time zone the cron is read in.")
+    active: bool = Field(description="False while paused (here or in the Prefect UI).")
+    next_run_at: Timestamp | None = _ts("The next firing (null while paused).")
+    campaign: ScheduleCampaignPublic
+    created_at: Timestamp = _ts("Created.")

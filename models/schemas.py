@@ -154,6 +154,83 @@ class CampaignCreate(_Body):
     scheduled_at: datetime | None = None
 
 
+class ScheduleCampaign(CampaignCreate):
+    """The campaign a schedule creates each time it fires: POST /v1/campaigns's fields except
+    `scheduled_at` (each run's time is the schedule's)."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Monday digest",
+                    "channel": "email",
+                    "contact_list_id": "lst_8h2j4k6l1z3x5c7v9b0n2m4q",
+                    "sender_id": "news@example.com",
+                    "body": "Hi {{first_name}}, here is this week's news.",
+                }
+            ]
+        },
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_scheduled_at(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("scheduled_at") is not None:
+            raise ValueError(
+                "scheduled_at is not allowed here: the schedule decides when each campaign sends"
+            )
+        return data
+
+
+# Prefect plans up to 100 future runs of a schedule; a year is the longest interval we accept.
+MIN_INTERVAL_S = 1
+MAX_INTERVAL_S = 366 * 86400
+
+
+class ScheduleCreate(_Body):
+    """POST /v1/schedules: a cron expression or an interval, a time zone and the campaign."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Monday digest",
+                    "cron": "0 9 * * 1",
+                    "timezone": "Europe/Paris",
+                    "campaign": {
+                        "name": "Monday digest",
+                        "channel": "email",
+                        "contact_list_id": "lst_8h2j4k6l1z3x5c7v9b0n2m4q",
+                        "sender_id": "news@example.com",
+                        "body": "Hi {{first_name}}, here is this week's news.",
+                    },
+                }
+            ]
+        },
+    )
+
+    name: CampaignName
+    cron: StrictStr | None = Field(
+        default=None, min_length=1, max_length=200, description="Five-field cron, e.g. '0 9 * * 1'."
+    )
+    interval_seconds: StrictInt | None = Field(
+        default=None,
+        ge=MIN_INTERVAL_S,
+        le=MAX_INTERVAL_S,
+        description="Seconds between runs; instead of cron.",
+    )
+    timezone: StrictStr = Field(default="UTC", min_length=1, max_length=64, description="IANA time zone.")
+    campaign: ScheduleCampaign
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> ScheduleCreate:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("give exactly one of cron and interval_seconds")
+        return self
+
+
 class CampaignUpdate(_Body):
     """PATCH /v1/campaigns/{id}: any of these; `scheduled_at: null` means send now."""
 

@@ -37,6 +37,19 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = None
 
 
+class Schedule(SQLModel, table=True):
+    """A recurring campaign's owner and name; its timing, `active` and campaign fields live in
+    Prefect (the deployment schedule whose slug is this id), where operators see and edit them."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (Index("ix_schedules_account_created", "account_id", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    account_id: str = Field(foreign_key="accounts.id", max_length=40)
+    name: str = Field(max_length=200)
+    created_at: datetime
+
+
 class SenderId(SQLModel, table=True):
     __tablename__ = "sender_ids"
     __table_args__ = (UniqueConstraint("account_id", "channel", "value"),)

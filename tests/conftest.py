@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Iterator
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from sqlalchemy import Engine
 
 from api.app import create_app
 from core.db import dispose_engines, make_engine, migrate
+from core.errors import Unavailable
+from core.schedules import Planned
 from core.settings import Settings
 
 
@@ -38,6 +41,8 @@ class RecordingLauncher:
         channel: str,
         scheduled_at: datetime | None,
         key: str | None = None,
+        name: str | None = None,
+        schedule_id: str | None = None,
     ) -> str:
         if self.fail:
             raise RuntimeError("prefect is down")
@@ -48,6 +53,8 @@ class RecordingLauncher:
                 "channel": channel,
                 "scheduled_at": scheduled_at,
                 "key": key,
+                "name": name,
+                "schedule_id": schedule_id,
             }
         )
         return f"fr-{key or campaign_id}"
@@ -67,6 +74,54 @@ class RecordingLauncher:
 
     async def healthy(self) -> bool:
         return True
+
+
+class MemoryScheduler:
+    """Schedules kept in memory instead of in Prefect (next runs computed with croniter)."""
+
+    def __init__(self) -> None:
+        self.schedules: dict[str, Planned] = {}
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise Unavailable("prefect is down")
+
+    def _next(self, planned: Planned) -> datetime | None:
+        from zoneinfo import ZoneInfo
+
+        from croniter import croniter
+
+        timing, now = planned.timing, datetime.now(UTC)
+        if timing.cron is not None:
+            local = now.astimezone(ZoneInfo(timing.timezone))
+            return croniter(timing.cron, local).get_next(datetime).astimezone(UTC)  # type: ignore[no-any-return]
+        assert timing.interval_seconds and timing.anchor
+        anchor = timing.anchor.replace(tzinfo=UTC) if timing.anchor.tzinfo is None else timing.anchor
+        steps = max(0, int((now - anchor).total_seconds() // timing.interval_seconds) + 1)
+        return anchor + timedelta(seconds=steps * timing.interval_seconds)
+
+    async def create(self, planned: Planned) -> None:
+        self._check()
+        self.schedules[planned.slug] = planned
+
+    async def read_all(self) -> dict[str, Planned]:
+        self._check()
+        return {
+            slug: replace(p, next_run_at=self._next(p) if p.active else None)
+            for slug, p in self.schedules.items()
+        }
+
+    async def set_active(self, slug: str, active: bool) -> bool:
+        self._check()
+        if slug not in self.schedules:
+            return False
+        self.schedules[slug] = replace(self.schedules[slug], active=active)
+        return True
+
+    async def delete(self, slug: str) -> bool:
+        self._check()
+        return self.schedules.pop(slug, None) is not None
 
 
 @pytest.fixture(scope="session")
@@ -103,8 +158,15 @@ def launcher() -> RecordingLauncher:
 
 
 @pytest.fixture
-def client(settings: Settings, engine: Engine, launcher: RecordingLauncher) -> Iterator[TestClient]:
-    app = create_app(settings, launcher=launcher, engine=engine)
+def scheduler() -> MemoryScheduler:
+    return MemoryScheduler()
+
+
+@pytest.fixture
+def client(
+    settings: Settings, engine: Engine, launcher: RecordingLauncher, scheduler: MemoryScheduler
+) -> Iterator[TestClient]:
+    app = create_app(settings, launcher=launcher, scheduler=scheduler, engine=engine)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 

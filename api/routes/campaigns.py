@@ -132,7 +132,7 @@ async def _launch_body(request: Request, body: dict[str, Any], account_id: str) 
     """Start the flow run of a campaign just created (its object is `body`)."""
     scheduled = body["scheduled_at"]
     when = datetime.fromisoformat(scheduled.replace("Z", "+00:00")) if scheduled else None
-    run_id = await _launch(request, body["id"], body["channel"], when, account_id)
+    run_id = await _launch(request, body["id"], body["channel"], when, account_id, name=body["name"])
     if run_id:
         body["flow_run_id"] = run_id
 
@@ -144,6 +144,8 @@ async def _launch(
     scheduled_at: datetime | None,
     account_id: str,
     key: str | None = None,
+    name: str | None = None,
+    schedule_id: str | None = None,
 ) -> str | None:
     """Create the flow run; on failure the reconciler retries (the campaign stays as it is)."""
     try:
@@ -153,6 +155,8 @@ async def _launch(
             channel=channel,
             scheduled_at=scheduled_at,
             key=key,
+            name=name,
+            schedule_id=schedule_id,
         )
     except Exception as exc:
         log.warning("could not create the flow run of %s (%s); the reconciler will retry", campaign_id, exc)
@@ -261,7 +265,14 @@ async def resume_campaign(request: Request, account_id: AccountId, campaign_id: 
     if not resumed:
         fresh = await in_db(request, lambda s: lifecycle.load(s, campaign_id), write=False)
         await _launch(
-            request, fresh.id, fresh.channel, fresh.scheduled_at, account_id, key=runs.launch_key(fresh)
+            request,
+            fresh.id,
+            fresh.channel,
+            fresh.scheduled_at,
+            account_id,
+            key=runs.launch_key(fresh),
+            name=fresh.name,
+            schedule_id=fresh.schedule_id,
         )
     return await in_db(request, lambda s: _one(s, account_id, campaign_id), write=False)
 

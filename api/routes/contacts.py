@@ -27,7 +27,7 @@ _WRITE = error_responses(*AUTH_ERRORS, 404, 409, 422)
 _IMPORT_BODY = {
     "requestBody": {
         "required": True,
-        "description": "Up to 100,000 contacts: a JSON array (or {\"contacts\": [...]}) of contact "
+        "description": 'Up to 100,000 contacts: a JSON array (or {"contacts": [...]}) of contact '
         "objects, or CSV with a header row (name, phone, email, telegram_chat_id, slack_user_id, "
         "lists, attributes.KEY...). Upsert by phone; a bad row is rejected alone.",
         "content": {

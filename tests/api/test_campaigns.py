@@ -64,6 +64,8 @@ def test_create_returns_the_campaign_and_starts_its_flow_run(
             "channel": "sms",
             "scheduled_at": None,
             "key": None,
+            "name": "Weekend Sale - June 2026",
+            "schedule_id": None,
         }
     ]
     assert credits_of(client, tenant) == {"balance": 100, "reserved": 3, "available": 97}

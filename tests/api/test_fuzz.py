@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 from api.app import create_app
 from core.db import make_engine
 from core.settings import Settings
-from tests.conftest import RecordingLauncher
+from tests.conftest import MemoryScheduler, RecordingLauncher
 from tests.factories import Tenant, make_tenant
 
 CASES_PER_OPERATION = 6
@@ -53,7 +53,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory, template_db: Path) -> Itera
     )
     engine = make_engine(cfg.resolved_database_url())
     tenant = make_tenant(engine, credits_amount=10**9)
-    app = create_app(cfg, launcher=RecordingLauncher(), engine=engine)
+    app = create_app(cfg, launcher=RecordingLauncher(), scheduler=MemoryScheduler(), engine=engine)
     yield app, tenant
     engine.dispose()
 
