@@ -112,6 +112,8 @@ class Stack:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",
             "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+            # A new schedule's first runs are planned within 10 s (Prefect's default is 60).
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
             "PREFECT_LOGGING_LEVEL": "WARNING" if self.quiet else "INFO",
         }

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import socket
+from typing import Any
 
 from core.db import migrate
 from core.settings import Settings
@@ -15,7 +16,7 @@ from core.settings import Settings
 log = logging.getLogger("campaigns.worker")
 
 
-async def build_deployments() -> list[object]:
+async def build_deployments() -> list[Any]:
     """The deployments, entrypoints by module path so any installed copy can run them."""
     from prefect.types.entrypoint import EntrypointType
 
@@ -23,7 +24,7 @@ async def build_deployments() -> list[object]:
     from flows.send_campaign import send_campaign
     from flows.send_chunk import send_campaign_chunk
 
-    return [
+    deployments = [
         await send_campaign.ato_deployment(
             name="default",
             entrypoint_type=EntrypointType.MODULE_PATH,
@@ -34,8 +35,8 @@ async def build_deployments() -> list[object]:
             name="default",
             entrypoint_type=EntrypointType.MODULE_PATH,
             description="Create a campaign from the run form (same fields as POST /v1/campaigns "
-            "plus account_id) and run it; schedule this deployment for a "
-            "recurring campaign.",
+            "plus account_id) and run it. Its schedules are recurring campaigns: create them "
+            "with POST /v1/schedules (or here, with the campaign as the schedule's parameters).",
             tags=["campaigns"],
         ),
         await send_campaign_chunk.ato_deployment(
@@ -46,6 +47,13 @@ async def build_deployments() -> list[object]:
             tags=["campaigns"],
         ),
     ]
+    for deployment in deployments:
+        # Registering again must not touch the schedules (recurring campaigns, SPEC §8): an
+        # explicit empty list would make Prefect 3.9 delete every schedule unless all have
+        # slugs (the UI's have none), and warns that a later release deletes them all.
+        # Unset, the update leaves them as they are.
+        deployment.model_fields_set.discard("schedules")
+    return deployments
 
 
 ZOMBIE_AUTOMATION = "campaigns: crash zombie flow runs"

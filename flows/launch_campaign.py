@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from core import launches, runs
 from core.db import get_engine, session_scope
@@ -92,41 +92,35 @@ def _record(campaign_id: str, flow_run_id: str) -> None:
     persist_result=False,
 )
 async def launch_campaign(
-    account_id: Annotated[str, Field(description="The account (acc_…) that owns and pays for the campaign.")],
-    name: Annotated[str, Field(description="The campaign's name, 1-200 characters.", max_length=200)],
-    channel: Annotated[Channel, Field(description="The channel to send on.")],
-    contact_list_id: Annotated[
-        str,
-        Field(description="The contact list (lst_…): its active contacts with an address for the channel."),
-    ],
-    sender_id: Annotated[
-        str,
-        Field(
-            description="The sender ID's value (e.g. MYBRAND, the WhatsApp phone-number id, an email "
-            "address) or its sid_ id; registered and approved for the channel."
-        ),
-    ],
-    body: Annotated[
-        str | None,
-        Field(
-            description="The message. {{name}}, {{first_name}}, {{phone}}, {{email}} and "
-            "{{attributes.KEY}} are replaced per recipient. Required unless a WhatsApp template is given."
-        ),
-    ] = None,
-    template: Annotated[
-        WhatsAppTemplate | None,
-        Field(description="WhatsApp only: an approved template (name, language, components)."),
-    ] = None,
-    subject: Annotated[str | None, Field(description="Email only; default: the campaign's name.")] = None,
-    scheduled_at: Annotated[
-        datetime | None, Field(description="When to start sending (UTC); empty: now.")
-    ] = None,
-    schedule_id: Annotated[
-        str | None,
-        Field(description="Set by a recurring schedule (sch_…) on its runs; leave empty in the form."),
-    ] = None,
+    account_id: str,
+    name: str,
+    channel: Channel,
+    contact_list_id: str,
+    sender_id: str,
+    body: str | None = None,
+    template: WhatsAppTemplate | None = None,
+    subject: str | None = None,
+    scheduled_at: datetime | None = None,
+    schedule_id: str | None = None,
 ) -> Any:
-    """Create a campaign (validation, pricing and credit hold as POST /v1/campaigns) and run it."""
+    """Create a campaign (validation, pricing and credit hold as POST /v1/campaigns) and run it.
+
+    Args:
+        account_id: The account (acc_…) that owns and pays for the campaign.
+        name: The campaign's name, 1-200 characters.
+        channel: The channel to send on.
+        contact_list_id: The contact list (lst_…): its active contacts with an address for the
+            channel are the recipients.
+        sender_id: The sender ID's value (e.g. MYBRAND, the WhatsApp phone-number id, an email
+            address) or its sid_ id; registered and approved for the channel.
+        body: The message. {{name}}, {{first_name}}, {{phone}}, {{email}} and
+            {{attributes.KEY}} are replaced per recipient. Required unless a WhatsApp template
+            is given.
+        template: WhatsApp only: an approved template (name, language, components).
+        subject: Email only; default: the campaign's name.
+        scheduled_at: When to start sending (UTC); empty: now.
+        schedule_id: Set by a recurring schedule (sch_…) on its runs; leave empty in the form.
+    """
     from prefect.runtime import flow_run
 
     logger = get_run_logger()

@@ -224,7 +224,8 @@ async def test_launch_campaign_creates_and_triggers(flow_engine: Engine) -> None
     assert campaign.flow_run_id and balance.reserved == 2
     async with get_client() as client:
         run = await client.read_flow_run(campaign.flow_run_id)
-    assert run.name == cid and run.parameters == {"campaign_id": cid}
+    # Named so a person recognises it: the campaign's id, then its name.
+    assert run.name == f"{cid} · From the UI" and run.parameters == {"campaign_id": cid}
     assert {"channel:sms", f"account:{tenant.account_id}"} <= set(run.tags)
     assert run.state is not None and run.state.is_scheduled()
     # The same key never creates a second run.
