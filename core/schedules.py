@@ -51,6 +51,15 @@ class Planned:
     next_run_at: datetime | None = field(default=None, compare=False)
 
 
+# Fields the launch flow cannot run without: a schedule whose parameters lack them was emptied.
+REQUIRED = ("account_id", "name", "channel", "contact_list_id", "sender_id")
+
+
+def emptied(parameters: dict[str, Any]) -> bool:
+    """True if Prefect lost this schedule's campaign (see Schedule.parameters)."""
+    return any(parameters.get(name) in (None, "") for name in REQUIRED)
+
+
 class Scheduler(Protocol):
     """The orchestrator's schedules of launch-campaign/default (Prefect in production)."""
 
@@ -63,7 +72,11 @@ class Scheduler(Protocol):
         ...
 
     async def set_active(self, slug: str, active: bool) -> bool:
-        """Pause or resume; False if there is no such schedule."""
+        """Pause or resume (keeping its parameters); False if there is no such schedule."""
+        ...
+
+    async def set_parameters(self, slug: str, parameters: dict[str, Any]) -> bool:
+        """Replace a schedule's parameters; False if there is no such schedule."""
         ...
 
     async def delete(self, slug: str) -> bool:
@@ -81,6 +94,9 @@ class NullScheduler:
         raise Unavailable("no Prefect server is configured (PREFECT_API_URL): schedules live there")
 
     async def set_active(self, slug: str, active: bool) -> bool:
+        raise Unavailable("no Prefect server is configured (PREFECT_API_URL): schedules live there")
+
+    async def set_parameters(self, slug: str, parameters: dict[str, Any]) -> bool:
         raise Unavailable("no Prefect server is configured (PREFECT_API_URL): schedules live there")
 
     async def delete(self, slug: str) -> bool:
@@ -142,9 +158,18 @@ def check_campaign(session: Session, *, account_id: str, campaign: ScheduleCampa
 # -- the table --
 
 
-def insert(session: Session, *, account_id: str, name: str) -> Schedule:
+def new_schedule_id() -> str:
+    """The id of a new schedule (also its Prefect slug)."""
+    return new_id("sch")
+
+
+def insert(
+    session: Session, *, schedule_id: str, account_id: str, name: str, parameters: dict[str, Any]
+) -> Schedule:
     """A new schedule row (before its Prefect schedule exists)."""
-    row = Schedule(id=new_id("sch"), account_id=account_id, name=name, created_at=utcnow())
+    row = Schedule(
+        id=schedule_id, account_id=account_id, name=name, parameters=parameters, created_at=utcnow()
+    )
     session.add(row)
     session.flush()
     return row
@@ -184,6 +209,43 @@ def delete_row(session: Session, *, schedule_id: str) -> None:
     session.execute(delete(Schedule).where(col(Schedule.id) == schedule_id))
 
 
+def rows_by_id(session: Session, ids: set[str]) -> dict[str, Schedule]:
+    """The rows of these schedule ids."""
+    if not ids:
+        return {}
+    return {r.id: r for r in session.exec(select(Schedule).where(col(Schedule.id).in_(sorted(ids)))).all()}
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What keeps Prefect's schedules and our rows in step (every reconcile pass)."""
+
+    restore: dict[str, dict[str, Any]]  # slug → the parameters Prefect lost
+    orphans: set[str]  # Prefect schedules without a row
+
+
+def sync(session: Session, planned: dict[str, Planned]) -> SyncPlan:
+    """Schedules whose parameters Prefect emptied get ours back; an operator's edit in the UI
+    becomes our copy; a Prefect schedule without a row is an orphan."""
+    rows = rows_by_id(session, set(planned))
+    restore: dict[str, dict[str, Any]] = {}
+    for slug, p in planned.items():
+        row = rows.get(slug)
+        if row is None:
+            continue
+        if emptied(p.parameters):
+            restore[slug] = dict(row.parameters)
+        elif p.parameters != row.parameters:
+            row.parameters = dict(p.parameters)
+            session.add(row)
+    return SyncPlan(restore, set(planned) - set(rows))
+
+
+def as_shown(row: Schedule, planned: Planned) -> Planned:
+    """The schedule with our copy of its campaign where Prefect emptied it."""
+    return replace(planned, parameters=dict(row.parameters)) if emptied(planned.parameters) else planned
+
+
 def known_ids(session: Session, ids: set[str]) -> set[str]:
     """Which of these schedule ids have a row."""
     if not ids:
@@ -201,6 +263,7 @@ def campaign_fields(parameters: dict[str, Any]) -> dict[str, Any]:
 
 def schedule_object(row: Schedule, planned: Planned) -> dict[str, Any]:
     """The SPEC schedule object."""
+    planned = as_shown(row, planned)
     timing = planned.timing
     return {
         "id": row.id,

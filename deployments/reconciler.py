@@ -18,10 +18,11 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from core import ledger, lifecycle, runs, slots
+from core import ledger, lifecycle, runs, schedules, slots
 from core.db import get_engine, in_session
 from core.launcher import Launcher
 from core.runs import RunEnd
+from core.schedules import Scheduler, SyncPlan
 from core.settings import Settings
 from core.timeutil import as_utc, utcnow
 from flows.hooks import stopped_by_shutdown
@@ -226,8 +227,28 @@ async def _apply(
     report.add(outcome, campaign.id)
 
 
-async def reconcile_forever(settings: Settings, launcher: Launcher) -> None:
-    """Run reconcile_once every CAMPAIGNS_RECONCILE_INTERVAL_S seconds until cancelled."""
+async def sync_schedules(settings: Settings, scheduler: Scheduler) -> SyncPlan:
+    """Put back the parameters Prefect emptied (an update without them, e.g. the UI's pause
+    toggle, empties them in 3.9: every later run would fail), take an operator's edits as our
+    copy, and remove Prefect schedules that have no row (a create that failed half way)."""
+    planned = await scheduler.read_all()
+    if not planned:
+        return SyncPlan({}, set())
+    plan = await in_session(get_engine(settings), schedules.sync, planned)
+    for slug, parameters in plan.restore.items():
+        log.warning("schedule %s lost its parameters in Prefect; restoring them", slug)
+        await scheduler.set_parameters(slug, parameters)
+    for slug in plan.orphans:
+        log.info("removing schedule %s: it has no row (its create failed)", slug)
+        await scheduler.delete(slug)
+    return plan
+
+
+async def reconcile_forever(
+    settings: Settings, launcher: Launcher, scheduler: Scheduler | None = None
+) -> None:
+    """Run reconcile_once (and the schedule sync) every CAMPAIGNS_RECONCILE_INTERVAL_S seconds
+    until cancelled."""
     while True:
         try:
             report = await reconcile_once(settings, launcher)
@@ -235,4 +256,9 @@ async def reconcile_forever(settings: Settings, launcher: Launcher) -> None:
                 log.info("reconciled: %s", report)
         except Exception:
             log.exception("reconcile pass failed; retrying next interval")
+        if scheduler is not None:
+            try:
+                await sync_schedules(settings, scheduler)
+            except Exception as exc:
+                log.warning("schedule sync failed (%s); retrying next interval", exc)
         await asyncio.sleep(settings.reconcile_interval_s)

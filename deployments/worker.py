@@ -110,6 +110,7 @@ async def run_worker(settings: Settings) -> None:
     from core.webhook_delivery import deliver_forever
     from deployments.reconciler import reconcile_forever
     from flows.launcher import PrefectLauncher
+    from flows.schedules import PrefectScheduler
 
     migrate(settings)
     try:
@@ -131,7 +132,7 @@ async def run_worker(settings: Settings) -> None:
     for deployment in await build_deployments():
         await runner.aadd_deployment(deployment)  # type: ignore[arg-type]
     background = [
-        asyncio.create_task(reconcile_forever(settings, PrefectLauncher())),
+        asyncio.create_task(reconcile_forever(settings, PrefectLauncher(), PrefectScheduler())),
         # Its own task and HTTP client: a slow receiver never holds up sending.
         asyncio.create_task(deliver_forever(settings)),
     ]

@@ -162,10 +162,23 @@ class PrefectScheduler:
             if found is None:
                 return False
             if found.active != active:
-                await client.update_deployment_schedule(deployment_id, found.id, active=active)
+                # Prefect 3.9 empties the parameters of a schedule updated without them.
+                await client.update_deployment_schedule(
+                    deployment_id, found.id, active=active, parameters=dict(found.parameters or {})
+                )
             return True
 
         return bool(await self._call("pausing or resuming a schedule", _set))
+
+    async def set_parameters(self, slug: str, parameters: dict[str, Any]) -> bool:
+        async def _set(client: Any, deployment_id: UUID) -> bool:
+            found = await self._by_slug(client, deployment_id, slug)
+            if found is None:
+                return False
+            await client.update_deployment_schedule(deployment_id, found.id, parameters=dict(parameters))
+            return True
+
+        return bool(await self._call("restoring a schedule's parameters", _set))
 
     async def delete(self, slug: str) -> bool:
         async def _delete(client: Any, deployment_id: UUID) -> bool:

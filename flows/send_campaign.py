@@ -14,7 +14,6 @@ import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from prefect.exceptions import Pause
 from prefect.states import Cancelled, Failed
 
@@ -27,6 +26,7 @@ from core.logs import campaign_id_var
 from core.settings import Settings, get_settings
 from core.timeutil import as_utc, utcnow
 from flows import control
+from flows.artifacts import OperatorArtifacts
 from flows.hooks import mark_cancelled, mark_crashed, mark_failed
 from flows.send_chunk import ChunkRunFailed, chunk_run_size, observe_run, run_chunks_as_flow_runs
 from models import CampaignStatus
@@ -43,6 +43,7 @@ SCHEDULE_CHECK_S = 1.0
 HEARTBEAT_S = 5.0
 COUNTS_S = 1.0
 DISPATCH_PASSES = 3
+ENDING_WRITE_S = 10.0
 S = CampaignStatus
 log = logging.getLogger("campaigns.flow")
 
@@ -55,9 +56,10 @@ async def _read(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
     return await in_session(get_read_engine(get_settings()), fn, *args, **kwargs)
 
 
-async def _heartbeat(campaign_id: str) -> None:
+async def _heartbeat(campaign_id: str, artifacts: OperatorArtifacts) -> None:
     """Tell the reconciler this run is alive, keep the stored counts of a big campaign fresh
-    (its GETs read them instead of counting), and notice a Suspend pressed in the Prefect UI."""
+    (its GETs read them instead of counting), notice a Suspend pressed in the Prefect UI, and
+    keep the operator's artifacts current."""
     run_id = control.own_run_id()
     beats = 0
     while True:
@@ -72,29 +74,31 @@ async def _heartbeat(campaign_id: str) -> None:
                 await control.mirror_prefect_pause(campaign_id, run_id)
         except Exception as exc:  # a missed beat is not worth failing the campaign for
             log.warning("heartbeat of %s not written: %s", campaign_id, exc)
+        try:
+            await artifacts.tick()
+        except Exception as exc:
+            log.warning("artifacts of %s not updated: %s", campaign_id, exc)
         beats += 1
         await asyncio.sleep(COUNTS_S)
 
 
-def _summary_rows(campaign_id: str) -> list[dict[str, Any]]:
-    def _rows(session: Any) -> list[dict[str, Any]]:
-        campaign = lifecycle.load(session, campaign_id)
-        found = counts.message_counts(session, [campaign_id])[campaign_id]
-        return [
-            {"metric": "status", "value": campaign.status},
-            {"metric": "total_recipients", "value": campaign.total_recipients},
-            {"metric": "delivered", "value": found.get("delivered", 0)},
-            {"metric": "failed", "value": found.get("failed", 0) + found.get("undelivered", 0)},
-            {"metric": "skipped", "value": campaign.skipped_count},
-            {"metric": "credits_used", "value": campaign.credits_used},
-        ]
+def _run_name() -> str:
+    """The run's name as the launcher gave it ('cmp_… · name'), also when started otherwise."""
+    from prefect.runtime import flow_run
 
-    return list(run_in_session(get_engine(get_settings()), _rows))
+    from flows.launcher import run_name
+
+    campaign_id = str((flow_run.parameters or {}).get("campaign_id", ""))
+    try:
+        name = run_in_session(get_read_engine(get_settings()), lambda s: lifecycle.load(s, campaign_id).name)
+    except Exception:
+        name = None
+    return run_name(campaign_id, name)
 
 
 @flow(
     name="send-campaign",
-    flow_run_name="{campaign_id}",
+    flow_run_name=_run_name,
     on_failure=[mark_failed],
     on_crashed=[mark_crashed],
     on_cancellation=[mark_cancelled],
@@ -104,7 +108,8 @@ def _summary_rows(campaign_id: str) -> list[dict[str, Any]]:
 async def send_campaign(campaign_id: str) -> Any:
     """Send a campaign to every recipient and see each message to a final status."""
     token = observe_run(campaign_id)
-    heartbeat = asyncio.create_task(_heartbeat(campaign_id))
+    artifacts = OperatorArtifacts(campaign_id)
+    heartbeat = asyncio.create_task(_heartbeat(campaign_id, artifacts))
     try:
         while True:
             try:
@@ -116,14 +121,26 @@ async def send_campaign(campaign_id: str) -> Any:
                 if not await control.mirror_prefect_pause(campaign_id, str(control.own_run_id())):
                     raise  # not pausable (already dispatched): the reconciler resumes the run
                 status = S.paused
+            await _write_ending(artifacts)
             if status != S.paused:
                 return _final_state(campaign_id, status)
             await control.hold_paused(campaign_id)  # suspends (exits) or returns once resumed
+    except Exception:
+        await _write_ending(artifacts)  # the run fails: say how far it got and why
+        raise
     finally:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
         campaign_id_var.reset(token)
+
+
+async def _write_ending(artifacts: OperatorArtifacts) -> None:
+    """The artifacts as the run leaves them; never the reason a run fails."""
+    try:
+        await asyncio.wait_for(artifacts.ending(), ENDING_WRITE_S)
+    except Exception as exc:
+        log.warning("final artifacts of %s not written: %s", artifacts.campaign_id, exc)
 
 
 def _final_state(campaign_id: str, status: str) -> Any:
@@ -159,11 +176,6 @@ async def _run_once(campaign_id: str) -> str:
         return await _stopped(campaign_id, status)
     receipts = await await_final_statuses(campaign_id, (await _db(lifecycle.load, campaign_id)).channel)
     result = await settle_credits(campaign_id)
-    await acreate_table_artifact(
-        table=_summary_rows(campaign_id),
-        key=f"summary-{campaign_id.replace('_', '-')}",
-        description=f"Summary of campaign {campaign_id}",
-    )
     logger.info(
         "campaign %s %s (%s receipt polls, %s timed out)", campaign_id, result["status"], *receipts.values()
     )
@@ -224,25 +236,13 @@ async def _dispatch(settings: Settings, campaign_id: str) -> str:
 
 
 async def _send_chunks(settings: Settings, campaign: Any, chunks: list[tuple[int, int]]) -> None:
-    """One pass over the ranges, with a progress artifact."""
-    progress = await acreate_progress_artifact(
-        progress=0.0,
-        key=f"progress-{campaign.id.replace('_', '-')}",
-        description=f"Messages dispatched for campaign {campaign.id}",
-    )
-    done = 0
-
-    async def chunk_done() -> None:
-        nonlocal done
-        done += 1
-        await aupdate_progress_artifact(progress, 100.0 * done / max(len(chunks), 1))
-
+    """One pass over the ranges (the heartbeat shows the progress by messages)."""
     if settings.distribute_chunks:  # chunk flow runs, taken by any worker (several workers, cores)
         await run_chunks_as_flow_runs(
-            settings, campaign.id, campaign.channel, campaign.control_version, chunks, chunk_done
+            settings, campaign.id, campaign.channel, campaign.control_version, chunks
         )
     else:  # chunk task runs inside this process
-        await _run_chunk_tasks(settings, campaign.id, campaign.channel, chunks, chunk_done)
+        await _run_chunk_tasks(settings, campaign.id, campaign.channel, chunks)
 
 
 async def _sending(campaign_id: str) -> bool:
@@ -250,7 +250,7 @@ async def _sending(campaign_id: str) -> bool:
 
 
 async def _run_chunk_tasks(
-    settings: Settings, campaign_id: str, channel: str, chunks: list[tuple[int, int]], on_done: Any
+    settings: Settings, campaign_id: str, channel: str, chunks: list[tuple[int, int]]
 ) -> None:
     """The chunks as task runs, `chunk_concurrency` at a time; none starts once one stopped or
     failed (the first failure is raised when the running ones have ended)."""
@@ -269,7 +269,6 @@ async def _run_chunk_tasks(
                 raise
         if report["stopped"]:
             stopped.set()
-        await on_done()
 
     results = await asyncio.gather(
         *(run_chunk(i, s, e) for i, (s, e) in enumerate(chunks)), return_exceptions=True

@@ -22,7 +22,6 @@ import asyncio
 import contextvars
 import os
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prefect import flow, get_client, get_run_logger
@@ -194,7 +193,6 @@ async def run_chunks_as_flow_runs(
     channel: str,
     version: int,
     chunks: list[tuple[int, int]],
-    on_done: Callable[[], Awaitable[None]],
 ) -> None:
     """Run every range as chunk flow runs, `chunk_concurrency` at a time, each sending at
     1/`chunk_concurrency` of the sender's rate (together: the sender's rate)."""
@@ -204,6 +202,5 @@ async def run_chunks_as_flow_runs(
     async def one(start: int, end: int) -> None:
         async with semaphore:
             await run_chunk_until_done(settings, campaign_id, channel, version, start, end, 1.0 / in_flight)
-        await on_done()
 
     await asyncio.gather(*(one(s, e) for s, e in chunks))

@@ -47,6 +47,9 @@ class Schedule(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=40)
     account_id: str = Field(foreign_key="accounts.id", max_length=40)
     name: str = Field(max_length=200)
+    # A copy of the launch-campaign parameters: Prefect 3.9 empties a schedule's parameters on
+    # any update that does not resend them (the UI's pause toggle), and they are put back from here.
+    parameters: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime
 
 

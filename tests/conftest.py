@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -117,6 +118,13 @@ class MemoryScheduler:
         if slug not in self.schedules:
             return False
         self.schedules[slug] = replace(self.schedules[slug], active=active)
+        return True
+
+    async def set_parameters(self, slug: str, parameters: dict[str, Any]) -> bool:
+        self._check()
+        if slug not in self.schedules:
+            return False
+        self.schedules[slug] = replace(self.schedules[slug], parameters=dict(parameters))
         return True
 
     async def delete(self, slug: str) -> bool:

@@ -50,13 +50,17 @@ async def create_schedule(request: Request, account_id: AccountId, data: Schedul
         write=False,
     )
     timing = schedules.timing_of(data)
-    row = await in_db(request, lambda s: schedules.insert(s, account_id=account_id, name=data.name))
-    planned = Planned(
-        slug=row.id,
-        timing=timing,
-        active=True,
-        parameters=schedules.parameters_of(account_id=account_id, schedule_id=row.id, campaign=data.campaign),
+    schedule_id = schedules.new_schedule_id()
+    parameters = schedules.parameters_of(
+        account_id=account_id, schedule_id=schedule_id, campaign=data.campaign
     )
+    row = await in_db(
+        request,
+        lambda s: schedules.insert(
+            s, schedule_id=schedule_id, account_id=account_id, name=data.name, parameters=parameters
+        ),
+    )
+    planned = Planned(slug=row.id, timing=timing, active=True, parameters=parameters)
     scheduler = state(request).scheduler
     try:
         await scheduler.create(planned)
@@ -107,8 +111,11 @@ async def delete_schedule(request: Request, account_id: AccountId, schedule_id: 
 
 async def _set_active(request: Request, account_id: str, schedule_id: str, active: bool) -> dict[str, Any]:
     row = await _row(request, account_id, schedule_id)
-    if not await state(request).scheduler.set_active(row.id, active):
+    scheduler = state(request).scheduler
+    if not await scheduler.set_active(row.id, active):
         raise NotFound(f"schedule {row.id} not found")
+    if schedules.emptied((await _planned(request, row)).parameters):  # emptied in the UI meanwhile
+        await scheduler.set_parameters(row.id, row.parameters)
     return schedules.schedule_object(row, await _planned(request, row))
 
 

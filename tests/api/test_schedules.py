@@ -3,6 +3,7 @@ the real one is exercised through `campaigns serve` in tests/e2e/test_schedules.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -320,3 +321,38 @@ def test_a_firing_of_a_deleted_schedule_creates_nothing(
     assert client.get("/v1/campaigns", headers=tenant.headers).json()["meta"]["total"] == 0
     with session_scope(engine) as session:
         assert not schedules.exists(session, schedule_id=sid)
+
+
+def test_parameters_emptied_in_prefect_are_shown_and_restored_from_our_copy(
+    client: TestClient, tenant: Tenant, scheduler: MemoryScheduler
+) -> None:
+    """Prefect 3.9 empties a schedule's parameters when the UI's toggle updates it."""
+    created = client.post("/v1/schedules", json=schedule(tenant), headers=tenant.headers).json()
+    sid = created["id"]
+    kept = scheduler.schedules[sid].parameters
+    scheduler.schedules[sid] = dataclasses.replace(scheduler.schedules[sid], parameters={}, active=False)
+    shown = client.get(f"/v1/schedules/{sid}", headers=tenant.headers).json()
+    assert shown["campaign"] == created["campaign"] and shown["active"] is False
+    resumed = client.post(f"/v1/schedules/{sid}/resume", headers=tenant.headers).json()
+    assert resumed["active"] is True and scheduler.schedules[sid].parameters == kept
+
+
+def test_sync_restores_emptied_parameters_and_takes_edits(engine: Engine, tenant: Tenant) -> None:
+    params = {"account_id": tenant.account_id, "schedule_id": "sch_a", **campaign(tenant)}
+    timing = Timing("0 9 * * *", None, "UTC")
+    with session_scope(engine) as session:
+        for sid in ("sch_a", "sch_b"):
+            schedules.insert(
+                session, schedule_id=sid, account_id=tenant.account_id, name=sid, parameters=params
+            )
+    edited = {**params, "body": "Edited in the UI"}
+    planned = {
+        "sch_a": Planned("sch_a", timing, True, {}),
+        "sch_b": Planned("sch_b", timing, True, edited),
+        "sch_c": Planned("sch_c", timing, True, params),
+    }
+    with session_scope(engine) as session:
+        plan = schedules.sync(session, planned)
+    assert plan.restore == {"sch_a": params} and plan.orphans == {"sch_c"}
+    with session_scope(engine) as session:
+        assert schedules.rows_by_id(session, {"sch_b"})["sch_b"].parameters == edited

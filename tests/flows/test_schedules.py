@@ -160,3 +160,49 @@ async def test_invalid_input_fails_the_run_with_the_api_message(
     with pytest.raises(LaunchRefused) as refused:
         await launch_campaign(account_id=tenant.account_id, **fields)
     assert str(refused.value) == f"{answer.json()['error']}: {answer.json()['message']}"
+
+
+async def test_a_pause_without_parameters_empties_them_and_the_reconciler_puts_them_back(
+    flow_engine: Engine, flow_settings: Settings
+) -> None:
+    """Prefect 3.9 empties a schedule's parameters on an update that does not resend them (as
+    the UI's toggle sends only `active`): every later run would fail for want of account_id.
+    Our own pause keeps them; the reconciler restores what someone else emptied."""
+    from prefect import get_client
+
+    from core import schedules
+    from core.db import session_scope
+    from deployments.reconciler import sync_schedules
+    from flows.schedules import PrefectScheduler
+
+    deployment_id = await _register()
+    tenant = make_tenant(flow_engine, name="emptied")
+    sid = "sch_emptied"
+    params = _params(tenant, sid)
+    with session_scope(flow_engine) as session:
+        schedules.insert(
+            session, schedule_id=sid, account_id=tenant.account_id, name="weekly", parameters=params
+        )
+    scheduler = PrefectScheduler()
+    await scheduler.create(Planned(sid, Timing("0 9 * * 1", None, "UTC"), True, params))
+
+    assert await scheduler.set_active(sid, False) and await scheduler.set_active(sid, True)
+    assert (await scheduler.read_all())[sid].parameters == params  # our pause/resume keeps them
+
+    async with get_client() as client:
+        found = next(s for s in await client.read_deployment_schedules(deployment_id) if s.slug == sid)
+        r = await client._client.patch(
+            f"/deployments/{deployment_id}/schedules/{found.id}", json={"active": False}
+        )
+        assert r.status_code == 204
+    assert (await scheduler.read_all())[sid].parameters == {}  # Prefect's behaviour, documented
+
+    plan = await sync_schedules(flow_settings, scheduler)
+    assert plan.restore == {sid: params}
+    restored = (await scheduler.read_all())[sid]
+    assert restored.parameters == params and restored.active is False
+    assert (await sync_schedules(flow_settings, scheduler)).restore == {}
+    # A Prefect schedule without a row (its create failed half way) is removed.
+    await scheduler.create(Planned("sch_norow", Timing("0 9 * * 1", None, "UTC"), True, params))
+    assert "sch_norow" in (await sync_schedules(flow_settings, scheduler)).orphans
+    assert "sch_norow" not in await scheduler.read_all()
