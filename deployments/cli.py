@@ -201,7 +201,7 @@ def _prefect_api_url() -> str | None:
     return get_current_settings().api.url
 
 
-def cmd_worker(_args: argparse.Namespace, settings: Settings) -> int:
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from deployments.worker import run_worker
 
     if not _prefect_api_url():
@@ -211,7 +211,7 @@ def cmd_worker(_args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_worker(settings))
+        asyncio.run(run_worker(settings, runs=not args.no_runs))
     return 0
 
 
@@ -313,6 +313,12 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="serve the send-campaign and launch-campaign deployments")
+    p.add_argument(
+        "--no-runs",
+        action="store_true",
+        help="only the reconciler and event webhook delivery (Prefect work-pool workers run the "
+        "flows of deployments/prefect.yaml)",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("api", help="only the HTTP API")

@@ -103,8 +103,10 @@ async def ensure_zombie_automation(heartbeat_s: int) -> None:
     ).acreate()
 
 
-async def run_worker(settings: Settings) -> None:
-    """Register the deployments and execute their runs until SIGTERM/SIGINT."""
+async def run_worker(settings: Settings, *, runs: bool = True) -> None:
+    """Register the deployments and execute their runs until SIGTERM/SIGINT (`runs=False`:
+    only the reconciler and the event webhook delivery, beside Prefect workers of a work pool
+    that execute the runs of deployments/prefect.yaml)."""
     from prefect.runner import Runner
 
     from core.webhook_delivery import deliver_forever
@@ -121,22 +123,25 @@ async def run_worker(settings: Settings) -> None:
 
     name = f"campaigns-{socket.gethostname()}-{os.getpid()}"
     os.environ[WORKER_ENV] = name  # inherited by the flow-run processes (chunk runs tag it)
-    runner = Runner(
-        name=name,
-        limit=settings.runner_limit,
-        pause_on_shutdown=False,
-        heartbeat_seconds=settings.heartbeat_s,
-        # "Send now" latency and the pick-up of chunk runs (Prefect's default polls every 10 s).
-        query_seconds=float(os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY", "2")),
-    )
-    for deployment in await build_deployments():
-        await runner.aadd_deployment(deployment)  # type: ignore[arg-type]
     background = [
         asyncio.create_task(reconcile_forever(settings, PrefectLauncher(), PrefectScheduler())),
         # Its own task and HTTP client: a slow receiver never holds up sending.
         asyncio.create_task(deliver_forever(settings)),
     ]
     try:
+        if not runs:
+            await asyncio.gather(*background)
+            return
+        runner = Runner(
+            name=name,
+            limit=settings.runner_limit,
+            pause_on_shutdown=False,
+            heartbeat_seconds=settings.heartbeat_s,
+            # "Send now" latency and the pick-up of chunk runs (Prefect's default polls every 10 s).
+            query_seconds=float(os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY", "2")),
+        )
+        for deployment in await build_deployments():
+            await runner.aadd_deployment(deployment)
         await runner.start()
     finally:
         for task in background:
