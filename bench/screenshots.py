@@ -51,7 +51,9 @@ def shoot(chromium: str, url: str, out: Path, *, height: int = 1100, wait_ms: in
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     parser.add_argument("--recipients", type=int, default=3000)
@@ -75,7 +77,17 @@ def main() -> int:
     prefect = httpx.Client(base_url=f"{ui}/api", timeout=30)
     try:
         account = cli_json(env, "accounts", "create", "Acme Shoes", "--credits", "100000")
-        cli_json(env, "sender-ids", "add", account["account_id"], "--channel", "sms", "--value", "ACME", "--approved")
+        cli_json(
+            env,
+            "sender-ids",
+            "add",
+            account["account_id"],
+            "--channel",
+            "sms",
+            "--value",
+            "ACME",
+            "--approved",
+        )
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
             headers={"Authorization": f"Bearer {account['api_key']}"},
@@ -106,11 +118,18 @@ def main() -> int:
         def progress() -> dict[str, object]:
             return dict(api.get(f"/v1/campaigns/{cid}").json())
 
-        wait_for(progress, lambda c: int(str(c["sent_count"])) + int(str(c["delivered_count"])) > 300, 180, "sending")
+        wait_for(
+            progress,
+            lambda c: int(str(c["sent_count"])) + int(str(c["delivered_count"])) > 300,
+            180,
+            "sending",
+        )
         time.sleep(6)  # the report artifact refreshes every 5 s while sending
         run_id = str(progress()["flow_run_id"])
         run = prefect.get(f"/flow_runs/{run_id}").raise_for_status().json()
-        found = prefect.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+        found = prefect.post(
+            "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+        ).json()
         keys = {a["key"].split("-")[0]: a for a in found if a.get("key")}
         assert {"progress", "report"} <= set(keys), keys
         assert "## Top errors" in keys["report"]["data"], keys["report"]["data"]
@@ -122,7 +141,12 @@ def main() -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         shoot(args.chromium, f"{ui}/runs/flow-run/{run_id}?tab=Artifacts", args.out / "ui-run.png")
         shoot(args.chromium, f"{ui}/artifacts/artifact/{keys['report']['id']}", args.out / "ui-report.png")
-        shoot(args.chromium, f"{ui}/deployments/deployment/{deployment['id']}/run", args.out / "ui-run-form.png", height=1500)
+        shoot(
+            args.chromium,
+            f"{ui}/deployments/deployment/{deployment['id']}/run",
+            args.out / "ui-run-form.png",
+            height=1500,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
