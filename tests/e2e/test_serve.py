@@ -119,7 +119,8 @@ def test_scheduled_campaign_runs_at_its_time(served: Served, tenant: dict[str, A
             f"http://127.0.0.1:{served.env['CAMPAIGNS_PREFECT_PORT']}/api"
         )
         run = httpx.get(f"{prefect}/flow_runs/{c['flow_run_id']}").json()
-        assert run["state"]["type"] == "SCHEDULED" and run["name"] == cid
+        # Named after the campaign's id, then its name (what a person recognises in the UI).
+        assert run["state"]["type"] == "SCHEDULED" and run["name"] == f"{cid} · e2e"
         c, _ = _wait(api, cid, {"completed", "failed"}, 120)
         assert c["status"] == "completed"
         started = datetime.fromisoformat(c["started_at"].replace("Z", "+00:00"))
