@@ -49,7 +49,9 @@ def create_for_run(
 ) -> Launched | None:
     """Create the run's campaign (validation, pricing and credit hold as the API does).
     None when `schedule_id` names a schedule that no longer exists."""
-    digest = idempotency.request_hash("LAUNCH", "launch-campaign", data.model_dump(mode="json"))
+    # Not scheduled_at: a schedule's run restarted after its fire time asks for "now" instead.
+    asked = data.model_dump(mode="json", exclude={"scheduled_at"})
+    digest = idempotency.request_hash("LAUNCH", "launch-campaign", asked)
 
     def _existing(session: Any) -> Launched | None:
         if run_key is None:

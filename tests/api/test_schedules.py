@@ -4,7 +4,7 @@ the real one is exercised through `campaigns serve` in tests/e2e/test_schedules.
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -285,6 +285,15 @@ def test_each_firing_creates_one_campaign_listed_by_schedule(
     assert first is not None and first.created_now and first.status == "draft"
     again = _fire(engine, tenant, sid, "run-1")  # the same run restarted: the same campaign
     assert again is not None and again.campaign_id == first.campaign_id and not again.created_now
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+    restarted = launches.create_for_run(  # restarted after its fire time passed: still the same
+        engine,
+        account_id=tenant.account_id,
+        data=CampaignCreate.model_validate({**campaign(tenant), "scheduled_at": later.isoformat()}),
+        schedule_id=sid,
+        run_key="run-1",
+    )
+    assert restarted is not None and restarted.campaign_id == first.campaign_id
     second = _fire(engine, tenant, sid, "run-2")
     assert second is not None and second.campaign_id != first.campaign_id
     other = _fire(engine, tenant, None, "run-3")  # launched from the form, not by the schedule
