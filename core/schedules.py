@@ -20,7 +20,7 @@ from sqlalchemy import delete
 from sqlmodel import Session, col, func, select
 
 from core import campaigns
-from core.errors import NotFound, Unavailable, ValidationFailed
+from core.errors import NotFound, RateLimited, Unavailable, ValidationFailed
 from core.ids import new_id
 from core.timeutil import iso_z, utcnow
 from models import Schedule
@@ -163,10 +163,30 @@ def new_schedule_id() -> str:
     return new_id("sch")
 
 
+# Retry-After of a create over the cap: schedules go away only when deleted.
+CAP_RETRY_AFTER_S = 3600
+
+
 def insert(
-    session: Session, *, schedule_id: str, account_id: str, name: str, parameters: dict[str, Any]
+    session: Session,
+    *,
+    schedule_id: str,
+    account_id: str,
+    name: str,
+    parameters: dict[str, Any],
+    max_schedules: int | None = None,
 ) -> Schedule:
-    """A new schedule row (before its Prefect schedule exists)."""
+    """A new schedule row (before its Prefect schedule exists); RateLimited when the account
+    already has `max_schedules`."""
+    if max_schedules is not None:
+        have = session.exec(
+            select(func.count()).select_from(Schedule).where(col(Schedule.account_id) == account_id)
+        ).one()
+        if have >= max_schedules:
+            raise RateLimited(
+                f"the account has {have} schedules, at most {max_schedules} are allowed; delete one first",
+                retry_after=CAP_RETRY_AFTER_S,
+            )
     row = Schedule(
         id=schedule_id, account_id=account_id, name=name, parameters=parameters, created_at=utcnow()
     )

@@ -26,6 +26,8 @@ class ApiSettings(BaseModel):
     max_webhook_bytes: int = Field(default=256 * 1024, ge=1024)
     # Campaigns an account may have open (draft, scheduled, processing, paused, sent) at once.
     max_open_campaigns: int = Field(default=1000, ge=1)
+    # Schedules an account may have (each is up to 100 planned runs in Prefect).
+    max_schedules: int = Field(default=100, ge=1)
 
 
 class WebhooksSettings(BaseModel):

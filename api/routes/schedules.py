@@ -57,7 +57,12 @@ async def create_schedule(request: Request, account_id: AccountId, data: Schedul
     row = await in_db(
         request,
         lambda s: schedules.insert(
-            s, schedule_id=schedule_id, account_id=account_id, name=data.name, parameters=parameters
+            s,
+            schedule_id=schedule_id,
+            account_id=account_id,
+            name=data.name,
+            parameters=parameters,
+            max_schedules=state(request).settings.api.max_schedules,
         ),
     )
     planned = Planned(slug=row.id, timing=timing, active=True, parameters=parameters)

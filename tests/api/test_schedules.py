@@ -365,3 +365,18 @@ def test_sync_restores_emptied_parameters_and_takes_edits(engine: Engine, tenant
     assert plan.restore == {"sch_a": params} and plan.orphans == {"sch_c"}
     with session_scope(engine) as session:
         assert schedules.rows_by_id(session, {"sch_b"})["sch_b"].parameters == edited
+
+
+def test_an_account_has_at_most_max_schedules(settings: Any, engine: Engine, tenant: Tenant) -> None:
+    from api.app import create_app
+
+    capped = settings.model_copy(update={"api": settings.api.model_copy(update={"max_schedules": 2})})
+    scheduler = MemoryScheduler()
+    with TestClient(
+        create_app(capped, scheduler=scheduler, engine=engine), raise_server_exceptions=False
+    ) as c:
+        for _ in range(2):
+            assert c.post("/v1/schedules", json=schedule(tenant), headers=tenant.headers).status_code == 201
+        r = c.post("/v1/schedules", json=schedule(tenant), headers=tenant.headers)
+        assert_error(r, 429, "rate_limit_exceeded")
+        assert int(r.headers["Retry-After"]) >= 1 and len(scheduler.schedules) == 2
