@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 import aiosmtplib
+from pydantic import BaseModel, SecretStr
 
 from channels.base import (
     NoSentLookup,
@@ -21,7 +22,14 @@ from channels.base import (
     StatusUpdate,
     TransientSendError,
 )
-from core.settings import SmtpSettings
+
+
+class SmtpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 25
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    starttls: bool = False
 
 
 def header_value(value: str) -> str:

@@ -12,11 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
 
 from channels.base import NoSentLookup, OutboundMessage, PermanentSendError, SendResult, StatusUpdate
-from core.settings import SandboxSettings
-from core.timeutil import as_utc, utcnow
+
+
+class SandboxSettings(BaseModel):
+    """The in-process simulated provider used by default on every channel."""
+
+    latency_ms: float = 0.0
+    failure_rate: float = 0.0
+    undelivered_rate: float = 0.0
+    delivery_delay_s: float = 0.5
+
 
 MAGIC_INVALID = frozenset({"+15005550001"})
 
@@ -57,7 +67,8 @@ class SandboxChannel(NoSentLookup):
     async def fetch_status(self, provider_message_id: str, sent_at: datetime | None) -> StatusUpdate | None:
         """Delivered (or undelivered) once the simulated delay has passed."""
         if sent_at is not None:
-            age = (utcnow() - as_utc(sent_at)).total_seconds()
+            sent = sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=UTC)  # naive is UTC
+            age = (datetime.now(UTC) - sent).total_seconds()
             if age < self.settings.delivery_delay_s:
                 return None
         if _fraction("deliver:" + provider_message_id) < self.settings.undelivered_rate:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import httpx
+from pydantic import BaseModel, SecretStr
 
 from channels.base import (
     NoSentLookup,
@@ -25,7 +26,12 @@ from channels.http import (
     raise_for_transient_status,
     retry_after_seconds,
 )
-from core.settings import SlackWebSettings
+
+
+class SlackWebSettings(BaseModel):
+    bot_token: SecretStr = SecretStr("")
+    base_url: str = "https://slack.com/api"
+
 
 RATE_LIMITED = frozenset({"ratelimited", "rate_limited"})
 SERVER_SIDE = frozenset({"internal_error", "service_unavailable", "request_timeout", "fatal_error"})

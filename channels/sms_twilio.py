@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 import httpx
+from pydantic import BaseModel, SecretStr
 
 from channels.base import (
     OutboundMessage,
@@ -29,10 +30,16 @@ from channels.http import (
     raise_for_transient_status,
     retry_after_seconds,
 )
-from core.settings import TwilioSettings
+
 
 # Synchronous error codes about our account or sender, not the recipient (21408 region
 # permissions and 21608 trial-unverified numbers are per recipient, so they stay permanent).
+class TwilioSettings(BaseModel):
+    account_sid: str = ""
+    auth_token: SecretStr = SecretStr("")
+    base_url: str = "https://api.twilio.com"
+
+
 CONFIG_CODES = frozenset({20003, 20005, 21212, 21603, 21606, 21659})
 OPT_OUT_CODES = frozenset({21610})
 RATE_LIMIT_CODES = frozenset({20429, 21611})  # concurrency limit; queue full

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import httpx
+from pydantic import BaseModel, SecretStr
 
 from channels.base import (
     NoSentLookup,
@@ -21,7 +22,11 @@ from channels.base import (
     TransientSendError,
 )
 from channels.http import HttpAdapter, json_or_empty, raise_for_transient_status
-from core.settings import TelegramBotSettings
+
+
+class TelegramBotSettings(BaseModel):
+    token: SecretStr = SecretStr("")
+    base_url: str = "https://api.telegram.org"
 
 
 def _code(description: str) -> str:

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, SecretStr
 
 from channels.base import (
     NoSentLookup,
@@ -28,7 +29,14 @@ from channels.http import (
     raise_for_transient_status,
     retry_after_seconds,
 )
-from core.settings import WhatsAppCloudSettings
+
+
+class WhatsAppCloudSettings(BaseModel):
+    access_token: SecretStr = SecretStr("")
+    app_secret: SecretStr = SecretStr("")
+    verify_token: SecretStr = SecretStr("")
+    base_url: str = "https://graph.facebook.com/v21.0"
+
 
 RATE_LIMIT = frozenset({4, 80007, 130429, 131056})
 TRANSIENT = frozenset({1, 2, 131000, 131016, 133004, 135000})

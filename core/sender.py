@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from channels.base import Channel, ProviderConfigError
-from channels.registry import build_channel
 from core import attempts, ledger, metrics
+from core.channels import build_channel
 from core.chunk import CampaignView, ChunkReport, OutcomeWriter, open_view
 from core.db import in_session
 from core.delivery import MeteredChannel, RetryPolicy, Stopped, failed, look_up, outcome_of

@@ -6,8 +6,27 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Each adapter owns its settings model; this module composes them (channels/ imports nothing of core).
+from channels.email_smtp import SmtpSettings
+from channels.sandbox import SandboxSettings
+from channels.slack_web import SlackWebSettings
+from channels.sms_twilio import TwilioSettings
+from channels.telegram_bot import TelegramBotSettings
+from channels.whatsapp_cloud import WhatsAppCloudSettings
+
+__all__ = [
+    "SandboxSettings",
+    "Settings",
+    "SlackWebSettings",
+    "SmtpSettings",
+    "TelegramBotSettings",
+    "TwilioSettings",
+    "WhatsAppCloudSettings",
+    "get_settings",
+]
 
 
 class ApiSettings(BaseModel):
@@ -60,46 +79,6 @@ class ChannelSettings(BaseModel):
     provider: str = "sandbox"
     rate_per_second: float | None = None
     concurrency: int | None = None
-
-
-class SandboxSettings(BaseModel):
-    """The in-process simulated provider used by default on every channel."""
-
-    latency_ms: float = 0.0
-    failure_rate: float = 0.0
-    undelivered_rate: float = 0.0
-    delivery_delay_s: float = 0.5
-
-
-class TwilioSettings(BaseModel):
-    account_sid: str = ""
-    auth_token: SecretStr = SecretStr("")
-    base_url: str = "https://api.twilio.com"
-
-
-class WhatsAppCloudSettings(BaseModel):
-    access_token: SecretStr = SecretStr("")
-    app_secret: SecretStr = SecretStr("")
-    verify_token: SecretStr = SecretStr("")
-    base_url: str = "https://graph.facebook.com/v21.0"
-
-
-class TelegramBotSettings(BaseModel):
-    token: SecretStr = SecretStr("")
-    base_url: str = "https://api.telegram.org"
-
-
-class SmtpSettings(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = 25
-    username: str = ""
-    password: SecretStr = SecretStr("")
-    starttls: bool = False
-
-
-class SlackWebSettings(BaseModel):
-    bot_token: SecretStr = SecretStr("")
-    base_url: str = "https://slack.com/api"
 
 
 class Settings(BaseSettings):

@@ -13,8 +13,8 @@ from prefect.context import get_run_context
 from prefect.tasks import exponential_backoff
 
 from channels.base import ProviderConfigError
-from channels.registry import build_channel
 from core import ledger, lifecycle, metrics, snapshot, tracking
+from core.channels import build_channel
 from core.db import get_engine, get_read_engine, in_session
 from core.delivery import MeteredChannel
 from core.errors import DomainError

@@ -5,8 +5,8 @@ from datetime import timedelta
 import pytest
 
 from channels.base import Channel, OutboundMessage, PermanentSendError
-from channels.registry import UnknownProvider, build_channel
 from channels.sandbox import SandboxChannel
+from core.channels import UnknownProvider, build_channel
 from core.settings import SandboxSettings, Settings
 from core.timeutil import utcnow
 

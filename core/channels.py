@@ -1,4 +1,5 @@
-"""Which adapter serves a channel: an explicit table, no plugin magic."""
+"""Which adapter serves a channel: an explicit table, no plugin magic (in core: it reads the
+composed Settings, which channels/ must not import)."""
 
 from __future__ import annotations
 
