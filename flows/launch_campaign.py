@@ -79,6 +79,18 @@ async def _tag_own_run(flow_run_id: str, tags: list[str]) -> None:
         get_run_logger().warning("could not tag run %s: %s", flow_run_id, exc)
 
 
+async def _schedule_active(schedule_id: str) -> bool:
+    """A run the schedule planned before a pause (late, or already pending: Prefect removes
+    only future ones) launches nothing while the schedule is paused."""
+    from flows.schedules import PrefectScheduler
+
+    try:
+        return await PrefectScheduler().is_active(schedule_id)
+    except Exception as exc:  # Prefect runs this flow, so this is rare: launch rather than drop
+        get_run_logger().warning("could not read schedule %s (%s); launching", schedule_id, exc)
+        return True
+
+
 def _record(campaign_id: str, flow_run_id: str) -> None:
     with session_scope(get_engine(get_settings())) as session:
         runs.record_flow_run(session, campaign_id=campaign_id, flow_run_id=flow_run_id)
@@ -140,6 +152,9 @@ async def launch_campaign(
     except ValidationError as exc:
         raise LaunchRefused(schema_error(exc)) from None
     own_run = str(flow_run.id) if flow_run.id else None
+    if schedule_id and not await _schedule_active(schedule_id):
+        logger.info("schedule %s is paused or deleted: nothing to launch", schedule_id)
+        return None
     try:
         launched = await asyncio.to_thread(
             launches.create_for_run,

@@ -180,6 +180,15 @@ class PrefectScheduler:
 
         return bool(await self._call("restoring a schedule's parameters", _set))
 
+    async def is_active(self, slug: str) -> bool:
+        """False if the schedule is paused or gone (a run it planned must not launch)."""
+
+        async def _active(client: Any, deployment_id: UUID) -> bool:
+            found = await self._by_slug(client, deployment_id, slug)
+            return bool(found is not None and found.active)
+
+        return bool(await self._call("reading a schedule", _active))
+
     async def delete(self, slug: str) -> bool:
         async def _delete(client: Any, deployment_id: UUID) -> bool:
             found = await self._by_slug(client, deployment_id, slug)

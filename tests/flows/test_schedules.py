@@ -206,3 +206,37 @@ async def test_a_pause_without_parameters_empties_them_and_the_reconciler_puts_t
     await scheduler.create(Planned("sch_norow", Timing("0 9 * * 1", None, "UTC"), True, params))
     assert "sch_norow" in (await sync_schedules(flow_settings, scheduler)).orphans
     assert "sch_norow" not in await scheduler.read_all()
+
+
+async def test_a_run_of_a_paused_schedule_launches_nothing(flow_engine: Engine) -> None:
+    """A run planned before the pause (late, or already pending: Prefect removes only future
+    runs) created a campaign anyway."""
+    from sqlalchemy import func, select
+
+    from core import schedules
+    from core.db import session_scope
+    from flows.launch_campaign import launch_campaign
+    from flows.schedules import PrefectScheduler
+    from models import Campaign
+
+    await _register()
+    tenant = make_tenant(flow_engine, name="paused-run")
+    sid = "sch_paused_run"
+    params = _params(tenant, sid)
+    with session_scope(flow_engine) as session:
+        schedules.insert(
+            session, schedule_id=sid, account_id=tenant.account_id, name="weekly", parameters=params
+        )
+    scheduler = PrefectScheduler()
+    await scheduler.create(Planned(sid, Timing("0 9 * * 1", None, "UTC"), True, params))
+    assert await scheduler.set_active(sid, False)
+    fields = {k: v for k, v in params.items()}
+    assert await launch_campaign(**fields) is None
+    with session_scope(flow_engine) as session:
+        made = session.execute(
+            select(func.count()).select_from(Campaign).where(Campaign.schedule_id == sid)  # type: ignore[arg-type]
+        ).scalar()
+    assert made == 0
+    assert await scheduler.set_active(sid, True)
+    cid = await launch_campaign(**fields)
+    assert isinstance(cid, str) and cid.startswith("cmp_")
