@@ -126,17 +126,17 @@ def check_cron(expression: str) -> str:
 
 def timing_of(data: ScheduleCreate, *, now: datetime | None = None) -> Timing:
     """The schedule's timing, checked (422 for an unknown time zone or a bad cron)."""
-    if data.timezone not in _zones():
+    zone = data.timezone or "UTC"
+    if zone not in _zones():
         raise ValidationFailed(
-            f"timezone {data.timezone!r} is not an IANA time zone (e.g. 'Europe/Paris')",
-            {"field": "timezone"},
+            f"timezone {zone!r} is not an IANA time zone (e.g. 'Europe/Paris')", {"field": "timezone"}
         )
     if data.cron is not None:
-        return Timing(cron=check_cron(data.cron), interval_seconds=None, timezone=data.timezone)
+        return Timing(cron=check_cron(data.cron), interval_seconds=None, timezone=zone)
     return Timing(
         cron=None,
         interval_seconds=data.interval_seconds,
-        timezone=data.timezone,
+        timezone=zone,
         anchor=(now or utcnow()).replace(microsecond=0),
     )
 

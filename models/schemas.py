@@ -221,7 +221,9 @@ class ScheduleCreate(_Body):
         le=MAX_INTERVAL_S,
         description="Seconds between runs; instead of cron.",
     )
-    timezone: StrictStr = Field(default="UTC", min_length=1, max_length=64, description="IANA time zone.")
+    timezone: StrictStr | None = Field(
+        default="UTC", min_length=1, max_length=64, description="IANA time zone (null: UTC)."
+    )
     campaign: ScheduleCampaign
 
     @model_validator(mode="after")

@@ -92,6 +92,10 @@ def test_create_an_interval_schedule(client: TestClient, tenant: Tenant) -> None
     assert r.status_code == 201, r.text
     body = r.json()
     assert (body["cron"], body["interval_seconds"], body["timezone"]) == (None, 3600, "UTC")
+    explicit_null = schedule(tenant)
+    explicit_null["timezone"] = None
+    r = client.post("/v1/schedules", json=explicit_null, headers=tenant.headers)
+    assert r.status_code == 201 and r.json()["timezone"] == "UTC"
     when = datetime.fromisoformat(body["next_run_at"].replace("Z", "+00:00"))
     assert 0 < (when - datetime.now(UTC)).total_seconds() <= 3601
 
