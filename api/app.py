@@ -8,7 +8,16 @@ from sqlalchemy import Engine
 from api import errors, observability, openapi
 from api.deps import AppState, KeyCache
 from api.limits import BodyLimitMiddleware
-from api.routes import account, api_keys, campaigns, contacts, schedules, webhook_endpoints, webhooks
+from api.routes import (
+    account,
+    api_keys,
+    campaigns,
+    contacts,
+    schedules,
+    unsubscribe,
+    webhook_endpoints,
+    webhooks,
+)
 from core.db import get_engine, get_read_engine, make_engine
 from core.launcher import Launcher, NullLauncher
 from core.ratelimit import Buckets, DbTokenBuckets, TokenBuckets
@@ -67,5 +76,6 @@ def create_app(
     app.include_router(api_keys.router)
     app.include_router(webhook_endpoints.router)
     app.include_router(webhooks.router)
+    app.include_router(unsubscribe.router)
     openapi.install(app)
     return app

@@ -66,6 +66,31 @@ _PROVIDER_HOOKS: dict[tuple[str, str], dict[str, Any]] = {
             }
         },
     },
+    ("post", "/v1/webhooks/sendgrid"): {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}},
+            "description": "SendGrid's signed Event Webhook: a JSON array of events.",
+        },
+        "responses": {
+            "200": {
+                "description": "How many events the body held and how many changed a message.",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "received": {"type": "integer"},
+                                "applied": {"type": "integer"},
+                                "opted_out": {"type": "integer"},
+                            },
+                            "required": ["received", "applied"],
+                        }
+                    }
+                },
+            }
+        },
+    },
 }
 
 

@@ -19,8 +19,8 @@ def message_out(m: Message) -> dict[str, Any]:
     return message_object(m.model_dump())
 
 
-def contact_out(c: Contact, lists: list[str]) -> dict[str, Any]:
-    """A contact with its list ids."""
+def contact_out(c: Contact, lists: list[str], opted_out_channels: list[str]) -> dict[str, Any]:
+    """A contact with its list ids and the channels it left one by one."""
     return {
         "id": c.id,
         "name": c.name,
@@ -29,8 +29,10 @@ def contact_out(c: Contact, lists: list[str]) -> dict[str, Any]:
         "telegram_chat_id": c.telegram_chat_id,
         "slack_user_id": c.slack_user_id,
         "attributes": c.attributes or {},
+        "timezone": c.timezone,
         "lists": lists,
         "subscribed": c.unsubscribed_at is None,
+        "opted_out_channels": opted_out_channels,
         "unsubscribed_at": iso_z(c.unsubscribed_at),
         "created_at": iso_z(c.created_at),
         "updated_at": iso_z(c.updated_at),

@@ -25,6 +25,10 @@ class OutboundMessage:
     body: str | None = None
     subject: str | None = None
     template: dict[str, Any] | None = None
+    # Email only: the HTML part (multipart/alternative with `body` as the text part) and the
+    # recipient's one-click unsubscribe link (List-Unsubscribe + List-Unsubscribe-Post, RFC 8058).
+    html: str | None = None
+    unsubscribe_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

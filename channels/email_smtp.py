@@ -39,16 +39,24 @@ def header_value(value: str) -> str:
 
 
 def build_email(message: OutboundMessage, message_id: str) -> EmailMessage:
-    """A UTF-8 text email with the headers bulk mail needs."""
+    """A UTF-8 email with the headers bulk mail needs: text only, or multipart/alternative
+    (text part first, HTML last: clients show the last part they can render), and RFC 8058
+    one-click unsubscribe when the message has its link."""
     email = EmailMessage()
     email["From"] = header_value(message.sender)
     email["To"] = header_value(message.to)
     email["Subject"] = header_value(message.subject or "")
     email["Date"] = formatdate(usegmt=True)
     email["Message-ID"] = message_id
-    email["List-Unsubscribe"] = f"<mailto:{header_value(message.sender)}?subject=unsubscribe>"
+    if message.unsubscribe_url:
+        email["List-Unsubscribe"] = f"<{header_value(message.unsubscribe_url)}>"
+        email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    else:
+        email["List-Unsubscribe"] = f"<mailto:{header_value(message.sender)}?subject=unsubscribe>"
     email["X-Campaign-ID"] = message.campaign_id
     email.set_content(message.body or "", charset="utf-8")
+    if message.html is not None:
+        email.add_alternative(message.html, subtype="html", charset="utf-8")
     return email
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from html import escape
 from typing import Any
 
 from sqlalchemy import and_, func, insert, select
@@ -11,8 +12,17 @@ from sqlalchemy.orm import InstrumentedAttribute
 from sqlmodel import Session, col
 
 from core.ids import new_id
-from core.render import contact_values, message_cost, render, render_template, template_texts
+from core.render import (
+    UNSUBSCRIBE_PLACEHOLDER,
+    UNSUBSCRIBE_URL,
+    contact_values,
+    message_cost,
+    render,
+    render_template,
+    template_texts,
+)
 from core.timeutil import utcnow
+from core.zones import recipient_zone
 from models import ChannelOptOut, Contact, ListMembership, Message
 
 ADDRESS_COLUMN: dict[str, InstrumentedAttribute[Any]] = {
@@ -40,6 +50,7 @@ class Recipient:
     phone: str
     email: str | None
     attributes: dict[str, Any]
+    timezone: str | None = None
 
 
 def _member_filter(account_id: str, list_id: str) -> Any:
@@ -73,13 +84,14 @@ def iter_recipients(session: Session, *, account_id: str, list_id: str, channel:
             col(Contact.phone),
             col(Contact.email),
             col(Contact.attributes),
+            col(Contact.timezone),
         )
         .where(_member_filter(account_id, list_id), _reachable(channel))
         .order_by(col(Contact.created_at), col(Contact.id))
         .execution_options(yield_per=BATCH)
     )
     for row in session.execute(query):
-        yield Recipient(row[0], str(row[1]), row[2], row[3], row[4], row[5] or {})
+        yield Recipient(row[0], str(row[1]), row[2], row[3], row[4], row[5] or {}, row[6])
 
 
 @dataclass(frozen=True)
@@ -90,10 +102,11 @@ class Content:
     body: str | None = None
     subject: str | None = None
     template: dict[str, Any] | None = None
+    html: str | None = None
 
     def personalized_fields(self) -> tuple[str, ...]:
         """The fields with placeholders."""
-        fields = [name for name in ("body", "subject") if "{{" in (getattr(self, name) or "")]
+        fields = [name for name in ("body", "subject", "html") if "{{" in (getattr(self, name) or "")]
         if self.template and any("{{" in p["text"] for p in template_texts(self.template)):
             fields.append("template")
         return tuple(fields)
@@ -103,11 +116,16 @@ class Content:
         if not fields:
             return None
         values = contact_values(recipient.name, recipient.phone, recipient.email, recipient.attributes)
+        # The unsubscribe link is signed and filled in at send time (core/unsubscribe.py).
+        values[UNSUBSCRIBE_URL] = UNSUBSCRIBE_PLACEHOLDER
         out: dict[str, Any] = {}
         for name in fields:
             if name == "template":
                 assert self.template is not None
                 out[name] = render_template(self.template, values)
+            elif name == "html":
+                assert self.html is not None
+                out[name] = render(self.html, {k: escape(v, quote=True) for k, v in values.items()})
             else:
                 out[name] = render(getattr(self, name), values)
         return out
@@ -149,9 +167,12 @@ def snapshot(
     channel: str,
     content: Content,
     sink: Callable[[list[dict[str, Any]]], None] | None = None,
+    zoned: bool = False,
+    default_zone: str = "UTC",
 ) -> Audience:
     """One pending message row per recipient (seq 0..n-1) with its personalized content and its
-    price, handed to `sink` in batches (default: inserted through `session`)."""
+    price, handed to `sink` in batches (default: inserted through `session`); `zoned` (the
+    campaign has a send window) fixes each recipient's time zone on its row."""
     members = session.execute(
         select(func.count()).select_from(Contact).where(_member_filter(account_id, list_id))
     ).scalar_one()
@@ -179,6 +200,7 @@ def snapshot(
                 "status": "pending",
                 "cost": price,
                 "content": frozen,
+                "zone": recipient_zone(recipient.timezone, recipient.phone, default_zone) if zoned else None,
                 "retryable": False,
                 "attempts": 0,
                 "updated_at": now,

@@ -16,7 +16,7 @@ from core.render import check_placeholders, template_texts
 from core.timeutil import as_utc, utcnow
 from core.validation import BODY_LIMITS
 from models import Campaign, CampaignStatus, Message, SenderId, SenderIdStatus
-from models.schemas import CampaignCreate, CampaignUpdate
+from models.schemas import MAX_HTML_BYTES, CampaignCreate, CampaignUpdate
 
 # A scheduled time this close to now counts as "now", not as the past (client clock skew).
 PAST_TOLERANCE = timedelta(seconds=5)
@@ -31,6 +31,13 @@ def validate_content(data: CampaignCreate) -> None:
         raise ValidationFailed("either body or template is required", {"field": "body"})
     if data.template is not None and channel != "whatsapp":
         raise ValidationFailed("template is only supported on the whatsapp channel", {"field": "template"})
+    if data.html is not None:
+        check_html(channel, data.html)
+    if data.send_window is not None and data.send_window.start >= data.send_window.end:
+        raise ValidationFailed(
+            f"send_window start {data.send_window.start} must be before its end {data.send_window.end}",
+            {"field": "send_window"},
+        )
     if data.scheduled_at is not None and as_utc(data.scheduled_at) < utcnow() - PAST_TOLERANCE:
         raise ValidationFailed("scheduled_at is in the past", {"field": "scheduled_at"})
     if data.body is not None:
@@ -42,12 +49,27 @@ def validate_content(data: CampaignCreate) -> None:
                 f"body is {len(data.body)} characters; {channel} allows at most {limit}",
                 {"field": "body", "limit": limit},
             )
-        check_placeholders(data.body)
+        check_placeholders(data.body, channel)
     if data.template is not None:
         for parameter in template_texts(data.template.to_cloud_api()):
-            check_placeholders(parameter["text"])
+            check_placeholders(parameter["text"], channel)
     if data.subject is not None:
-        check_placeholders(data.subject)
+        check_placeholders(data.subject, channel)
+
+
+def check_html(channel: str, html: str) -> None:
+    """The 422 checks of an HTML part: email only, not empty, within Gmail's clipping size."""
+    if channel != "email":
+        raise ValidationFailed("html is only supported on the email channel", {"field": "html"})
+    if not html.strip():
+        raise ValidationFailed("html must not be empty", {"field": "html"})
+    size = len(html.encode("utf-8", "surrogatepass"))
+    if size > MAX_HTML_BYTES:
+        raise ValidationFailed(
+            f"html is {size} bytes; email allows at most {MAX_HTML_BYTES} (Gmail clips bigger messages)",
+            {"field": "html", "limit": MAX_HTML_BYTES},
+        )
+    check_placeholders(html, channel)
 
 
 @dataclass(frozen=True)
@@ -135,6 +157,8 @@ def insert_campaign(
         body=data.body,
         template=data.template.to_cloud_api() if data.template is not None else None,
         subject=(data.subject or data.name) if channel == "email" else data.subject,
+        html=data.html,
+        send_window=data.send_window.model_dump() if data.send_window is not None else None,
         status=CampaignStatus.scheduled if data.scheduled_at else CampaignStatus.draft,
         scheduled_at=as_utc(data.scheduled_at) if data.scheduled_at else None,
         created_at=utcnow(),
@@ -178,6 +202,8 @@ def edited(campaign: Campaign, data: CampaignUpdate) -> CampaignCreate:
         "body": campaign.body,
         "template": campaign.template,
         "subject": campaign.subject,
+        "html": campaign.html,
+        "send_window": campaign.send_window,
         "scheduled_at": campaign.scheduled_at,
     }
     return CampaignCreate.model_validate({**current, **changes})
@@ -211,6 +237,8 @@ def apply_edit(
         "body": merged.body,
         "template": merged.template.to_cloud_api() if merged.template is not None else None,
         "subject": (merged.subject or merged.name) if campaign.channel == "email" else merged.subject,
+        "html": merged.html,
+        "send_window": merged.send_window.model_dump() if merged.send_window is not None else None,
         "total_recipients": prepared.audience.recipients,
         "skipped_count": prepared.audience.skipped,
     }

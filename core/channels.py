@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from channels.base import Channel
+from channels.email_sendgrid import SendGridChannel
 from channels.email_smtp import SmtpChannel
 from channels.sandbox import SandboxChannel
 from channels.slack_web import SlackChannel
@@ -34,6 +35,10 @@ PROVIDERS: dict[str, tuple[frozenset[str], Factory]] = {
         lambda _c, s: TelegramChannel(s.telegram_bot, timeout=s.delivery.request_timeout_s),
     ),
     "smtp": (frozenset({"email"}), lambda _c, s: SmtpChannel(s.smtp, timeout=s.delivery.request_timeout_s)),
+    "sendgrid": (
+        frozenset({"email"}),
+        lambda _c, s: SendGridChannel(s.sendgrid, timeout=s.delivery.request_timeout_s),
+    ),
     "web_api": (
         frozenset({"slack"}),
         lambda _c, s: SlackChannel(s.slack_web, timeout=s.delivery.request_timeout_s),

@@ -10,10 +10,12 @@ from typing import Any
 from sqlalchemy import Engine
 
 from channels.base import OutboundMessage
-from core import ledger
+from core import ledger, unsubscribe
 from core.db import in_session
 from core.ledger import Outcome
 from core.lifecycle import load
+from core.settings import Settings
+from core.unsubscribe import Signer, with_link
 from models import Campaign, MessageStatus
 
 FLUSH_EVERY = 250
@@ -30,6 +32,8 @@ class ChunkReport:
     failed: int = 0
     recovered: int = 0
     recovered_unknown: int = 0
+    # Claimed, then left unsent because the recipient's send window closed meanwhile.
+    held: int = 0
     stopped: bool = False
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -55,9 +59,14 @@ class CampaignView:
     body: str | None
     subject: str | None
     template: dict[str, Any] | None
+    account_id: str = ""
+    html: str | None = None
+    send_window: dict[str, str] | None = None
+    # Signs each email's one-click unsubscribe link (None: no link, e.g. in unit tests).
+    signer: Signer | None = None
 
     @classmethod
-    def of(cls, campaign: Campaign) -> CampaignView:
+    def of(cls, campaign: Campaign, signer: Signer | None = None) -> CampaignView:
         return cls(
             campaign.id,
             campaign.channel,
@@ -65,28 +74,48 @@ class CampaignView:
             campaign.body,
             campaign.subject,
             campaign.template,
+            account_id=campaign.account_id,
+            html=campaign.html,
+            send_window=campaign.send_window,
+            signer=signer if campaign.channel == "email" else None,
         )
 
     def message(self, row: dict[str, Any]) -> OutboundMessage:
-        """The message exactly as priced: the campaign's content with the row's frozen parts."""
+        """The message exactly as priced: the campaign's content with the row's frozen parts
+        (and, for email, the recipient's unsubscribe link)."""
         frozen = row["content"] or {}
+        fields = {
+            "body": frozen.get("body", self.body),
+            "subject": frozen.get("subject", self.subject),
+            "html": frozen.get("html", self.html),
+        }
+        url = None
+        if self.signer is not None:
+            url = self.signer.url(self.account_id, row["contact_id"])
+            fields = with_link(fields, url)
         return OutboundMessage(
             message_id=row["id"],
             campaign_id=self.id,
             to=row["to_address"],
             sender=self.sender,
-            body=frozen.get("body", self.body),
-            subject=frozen.get("subject", self.subject),
+            body=fields["body"],
+            subject=fields["subject"],
             template=frozen.get("template", self.template),
+            html=fields["html"],
+            unsubscribe_url=url,
         )
 
 
-def open_view(session: Any, campaign_id: str) -> CampaignView | None:
-    """The campaign as sending needs it, or None if it is not sending."""
+def open_view(session: Any, campaign_id: str, settings: Settings | None = None) -> CampaignView | None:
+    """The campaign as sending needs it, or None if it is not sending; with `settings`, emails
+    carry their unsubscribe links."""
     campaign = load(session, campaign_id)
     if campaign.status not in ledger.SENDING_STATUSES:
         return None
-    return CampaignView.of(campaign)
+    links = None
+    if settings is not None and campaign.channel == "email":
+        links = unsubscribe.signer(session, settings)
+    return CampaignView.of(campaign, links)
 
 
 class OutcomeWriter:

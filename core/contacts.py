@@ -13,15 +13,20 @@ from core.ids import new_id
 from core.optout import STOP_CHANNEL
 from core.timeutil import utcnow
 from core.validation import is_e164, is_email
+from core.zones import is_zone
 from models import ChannelOptOut, Contact, ContactList, ListMembership
 from models.schemas import ContactCreate, ContactUpdate
 
 
-def _check_fields(phone: str | None, email: str | None) -> None:
+def _check_fields(phone: str | None, email: str | None, timezone: str | None = None) -> None:
     if phone is not None and not is_e164(phone):
         raise ValidationFailed("phone must be in E.164 format, e.g. +14155550100", {"field": "phone"})
     if email is not None and not is_email(email):
         raise ValidationFailed("email is not a valid address", {"field": "email"})
+    if timezone is not None and not is_zone(timezone):
+        raise ValidationFailed(
+            f"timezone {timezone!r} is not an IANA time zone name (e.g. Europe/Paris)", {"field": "timezone"}
+        )
 
 
 def get_list(session: Session, *, account_id: str, list_id: str) -> ContactList:
@@ -53,8 +58,8 @@ def _add_memberships(session: Session, list_id: str, contact_ids: Iterable[str])
 
 
 def create_contact(session: Session, *, account_id: str, data: ContactCreate) -> Contact:
-    """Create a contact; duplicate phone → Conflict, bad phone/email → ValidationFailed."""
-    _check_fields(data.phone, data.email)
+    """Create a contact; duplicate phone → Conflict, bad phone/email/timezone → ValidationFailed."""
+    _check_fields(data.phone, data.email, data.timezone)
     _check_lists(session, account_id, data.lists)
     now = utcnow()
     contact = Contact(
@@ -65,6 +70,7 @@ def create_contact(session: Session, *, account_id: str, data: ContactCreate) ->
         email=data.email,
         telegram_chat_id=None if data.telegram_chat_id is None else str(data.telegram_chat_id),
         slack_user_id=data.slack_user_id,
+        timezone=data.timezone,
         attributes=dict(data.attributes),
         created_at=now,
         updated_at=now,
@@ -96,10 +102,10 @@ def update_contact(session: Session, *, account_id: str, contact_id: str, data: 
     for required in ("name", "phone"):
         if required in fields and fields[required] is None:
             raise InvalidRequest(f"{required}: must not be null", {"field": required})
-    _check_fields(fields.get("phone"), fields.get("email"))
+    _check_fields(fields.get("phone"), fields.get("email"), fields.get("timezone"))
     if data.lists is not None:
         _check_lists(session, account_id, data.lists)
-    for name in ("name", "phone", "email", "slack_user_id"):
+    for name in ("name", "phone", "email", "slack_user_id", "timezone"):
         if name in fields:
             setattr(contact, name, fields[name])
     if "telegram_chat_id" in fields:
@@ -154,6 +160,21 @@ def contact_list_ids(session: Session, contact_ids: Sequence[str]) -> dict[str, 
         ).all()
         for contact_id, list_id in rows:
             out[contact_id].append(list_id)
+    return out
+
+
+def opted_out_channels(session: Session, contact_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The channels each contact left one by one (email unsubscribe, a blocked bot), in one
+    query; the marker a STOP leaves beside `unsubscribed_at` is not one of them."""
+    out: dict[str, list[str]] = {cid: [] for cid in contact_ids}
+    if contact_ids:
+        rows = session.exec(
+            select(ChannelOptOut.contact_id, ChannelOptOut.channel)
+            .where(col(ChannelOptOut.contact_id).in_(contact_ids), ChannelOptOut.channel != STOP_CHANNEL)
+            .order_by(col(ChannelOptOut.channel))
+        ).all()
+        for contact_id, channel in rows:
+            out[contact_id].append(channel)
     return out
 
 

@@ -20,12 +20,13 @@ from core.errors import ValidationFailed
 from core.ids import new_id
 from core.timeutil import utcnow
 from core.validation import is_email
+from core.zones import is_zone
 from models import Contact, ContactList, ListMembership
 from models.schemas import has_nul
 
 MAX_ROWS = 100_000
 BATCH = 5_000
-FIELDS = ("name", "phone", "email", "telegram_chat_id", "slack_user_id")
+FIELDS = ("name", "phone", "email", "telegram_chat_id", "slack_user_id", "timezone")
 
 
 @dataclass
@@ -62,7 +63,7 @@ def normalize_phone(raw: str) -> str | None:
 
 
 def rows_from_csv(text: str) -> list[dict[str, Any]]:
-    """CSV with a header: name, phone, email, telegram_chat_id, slack_user_id, lists (ids
+    """CSV with a header: name, phone, email, telegram_chat_id, slack_user_id, timezone, lists (ids
     separated by ';' or spaces), and `attributes.KEY` (or any other) columns as attributes."""
     rows = []
     for raw in csv.DictReader(io.StringIO(text)):
@@ -158,12 +159,16 @@ def _clean(raw: Any, known_lists: set[str]) -> tuple[dict[str, Any] | None, str 
     slack, reason = _address_id(raw.get("slack_user_id"), "slack_user_id")
     if reason:
         return None, reason
+    zone = raw.get("timezone") or None
+    if zone is not None and (not isinstance(zone, str) or not is_zone(zone)):
+        return None, f"timezone {_quoted(zone)} is not an IANA time zone name (e.g. Europe/Paris)"
     return {
         "name": name.strip(),
         "phone": phone,
         "email": email,
         "telegram_chat_id": telegram,
         "slack_user_id": slack,
+        "timezone": zone,
         "attributes": attributes,
         "lists": list(dict.fromkeys(lists)),
     }, None
@@ -241,6 +246,7 @@ def _upsert(
                     "email": row["email"],
                     "telegram_chat_id": row["telegram_chat_id"],
                     "slack_user_id": row["slack_user_id"],
+                    "timezone": row["timezone"],
                     "attributes": row["attributes"],
                     "created_at": now,
                     "updated_at": now,
@@ -255,6 +261,7 @@ def _upsert(
                     "b_email": row["email"],
                     "b_tg": row["telegram_chat_id"],
                     "b_slack": row["slack_user_id"],
+                    "b_tz": row["timezone"],
                     "b_attrs": row["attributes"],
                 }
             )
@@ -270,6 +277,7 @@ def _upsert(
                 email=bindparam("b_email"),
                 telegram_chat_id=bindparam("b_tg"),
                 slack_user_id=bindparam("b_slack"),
+                timezone=bindparam("b_tz"),
                 attributes=bindparam("b_attrs"),
                 updated_at=now,
             ),

@@ -15,6 +15,7 @@ Invariants (SPEC §3, §7):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, or_, select, update
 from sqlmodel import Session, col
 
-from core import credits, tracking, webhooks
+from core import credits, optout, tracking, webhooks
 from core.attempts import has_live_attempts, live_filter
 from core.counts import refresh_counts
 from core.timeutil import utcnow
@@ -57,14 +58,35 @@ class Outcome:
 # -- claims and outcomes --
 
 
+def _zone_filter(zones: Sequence[str] | None) -> list[Any]:
+    """Rows of recipients in these time zones (a row without one counts as UTC)."""
+    if zones is None:
+        return []
+    wanted = col(Message.zone).in_(list(zones))
+    return [or_(wanted, col(Message.zone).is_(None)) if "UTC" in zones else wanted]
+
+
 def claim(
-    session: Session, *, attempt_id: str, campaign_id: str, start: int, end: int, limit: int, channel: str
+    session: Session,
+    *,
+    attempt_id: str,
+    campaign_id: str,
+    start: int,
+    end: int,
+    limit: int,
+    channel: str,
+    zones: Sequence[str] | None = None,
 ) -> list[dict[str, Any]] | None:
-    """Claim up to `limit` pending rows of the range for the attempt; None if the campaign is not
-    sending. Rows carry what sending needs: the frozen content and the opt-out state."""
+    """Claim up to `limit` pending rows of the range for the attempt (with `zones`: only rows
+    of recipients in those time zones, the ones inside their send window); None if the
+    campaign is not sending. Rows carry what sending needs: the frozen content and the
+    opt-out state."""
     status = session.execute(select(col(Campaign.status)).where(col(Campaign.id) == campaign_id)).scalar()
     if status not in SENDING_STATUSES:
         return None
+    if zones is not None and not zones:
+        return []
+    in_zones = _zone_filter(zones)
     ids = (
         select(col(Message.id))
         .where(
@@ -72,6 +94,7 @@ def claim(
             col(Message.seq) >= start,
             col(Message.seq) < end,
             col(Message.status) == MessageStatus.pending,
+            *in_zones,
         )
         .order_by(col(Message.seq))
         .limit(limit)
@@ -105,6 +128,7 @@ def _claimed_rows(
             col(Message.contact_id),
             col(Message.to_address),
             col(Message.content),
+            col(Message.zone),
             col(Message.updated_at),
             col(Contact.unsubscribed_at),
             col(ChannelOptOut.created_at).label("channel_opt_out"),
@@ -192,18 +216,7 @@ def _opt_out(session: Session, channel: str, contact_ids: list[str], now: dateti
         )
         return
     # Blocked the bot, stopped marketing messages: out of this channel only.
-    known = set(
-        session.execute(
-            select(col(ChannelOptOut.contact_id)).where(
-                col(ChannelOptOut.contact_id).in_(contact_ids), col(ChannelOptOut.channel) == channel
-            )
-        ).scalars()
-    )
-    session.add_all(
-        ChannelOptOut(contact_id=cid, channel=channel, created_at=now)
-        for cid in contact_ids
-        if cid not in known
-    )
+    optout.leave_channel(session, channel=channel, contact_ids=contact_ids)
 
 
 # -- orphans: rows of dead attempts --
@@ -320,15 +333,33 @@ def unsent_in_range(session: Session, campaign_id: str, start: int, end: int) ->
     )
 
 
-def open_ranges(session: Session, *, campaign_id: str, chunk_size: int) -> list[tuple[int, int]]:
-    """The seq ranges of `chunk_size` that still hold unsent messages (a re-run skips done ones)."""
+def open_ranges(
+    session: Session, *, campaign_id: str, chunk_size: int, zones: Sequence[str] | None = None
+) -> list[tuple[int, int]]:
+    """The seq ranges of `chunk_size` that still hold unsent messages (a re-run skips done ones);
+    with `zones`, only ranges holding some of those zones' recipients."""
     total = session.execute(
         select(func.count()).select_from(Message).where(col(Message.campaign_id) == campaign_id)
     ).scalar_one()
+    in_zones = _zone_filter(zones)
     open_seqs = session.execute(
         select(func.distinct(col(Message.seq) // chunk_size)).where(
             col(Message.campaign_id) == campaign_id,
             col(Message.status).in_([MessageStatus.pending, MessageStatus.sending]),
+            *in_zones,
         )
     ).scalars()
     return [(k * chunk_size, min((k + 1) * chunk_size, total)) for k in sorted(int(k) for k in open_seqs)]
+
+
+def waiting_zones(session: Session, *, campaign_id: str) -> dict[str, int]:
+    """Unsent messages per recipient time zone (campaigns with a send window)."""
+    rows = session.execute(
+        select(col(Message.zone), func.count())
+        .where(
+            col(Message.campaign_id) == campaign_id,
+            col(Message.status).in_([MessageStatus.pending, MessageStatus.sending]),
+        )
+        .group_by(col(Message.zone))
+    ).all()
+    return {str(zone or "UTC"): int(n) for zone, n in rows}

@@ -23,6 +23,8 @@ def campaign_object(c: Campaign, counts: Mapping[str, int]) -> dict[str, Any]:
         "body": c.body,
         "template": c.template,
         "subject": c.subject,
+        "html": c.html,
+        "send_window": c.send_window,
         "total_recipients": c.total_recipients,
         "delivered_count": counts.get("delivered", 0),
         "failed_count": counts.get("failed", 0) + counts.get("undelivered", 0),

@@ -6,6 +6,8 @@ it must not (an operator's or the API's `subscribed: false`, another channel's u
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
@@ -102,3 +104,25 @@ def _start(session: Session, contact_ids: list[str]) -> int:
         )
     )
     return len(contact_ids)
+
+
+def leave_channel(session: Session, *, channel: str, contact_ids: Sequence[str]) -> int:
+    """Opt contacts out of one channel only (an email unsubscribe, a bounce or spam report, a
+    blocked bot): they stay active on every other channel. Idempotent; returns rows added."""
+    wanted = list(dict.fromkeys(contact_ids))
+    if not wanted:
+        return 0
+    known = set(
+        session.exec(
+            select(col(ChannelOptOut.contact_id)).where(
+                col(ChannelOptOut.contact_id).in_(wanted), col(ChannelOptOut.channel) == channel
+            )
+        ).all()
+    )
+    now = utcnow()
+    new = [cid for cid in wanted if cid not in known]
+    session.add_all(ChannelOptOut(contact_id=cid, channel=channel, created_at=now) for cid in new)
+    if new:
+        session.execute(update(Contact).where(col(Contact.id).in_(new)).values(updated_at=now))
+    session.flush()
+    return len(new)

@@ -11,6 +11,10 @@ from core.errors import ValidationFailed
 
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 SIMPLE_FIELDS = frozenset({"name", "first_name", "phone", "email"})
+# Per-channel placeholders: each email's one-click unsubscribe link (filled in at send time).
+UNSUBSCRIBE_URL = "unsubscribe_url"
+CHANNEL_FIELDS = {"email": frozenset({UNSUBSCRIBE_URL})}
+UNSUBSCRIBE_PLACEHOLDER = "{{" + UNSUBSCRIBE_URL + "}}"
 ATTRIBUTE_KEY = re.compile(r"attributes\.([A-Za-z0-9_\-]+)")  # fullmatch: `$` allows a trailing "\n"
 
 # GSM 03.38 basic set; the extension set costs two septets per character.
@@ -26,15 +30,16 @@ def placeholders(text: str) -> list[str]:
     return [m.group(1) for m in PLACEHOLDER.finditer(text)]
 
 
-def check_placeholders(text: str) -> None:
-    """Raise ValidationFailed on a placeholder this service cannot fill."""
-    unknown = [
-        name for name in placeholders(text) if name not in SIMPLE_FIELDS and not ATTRIBUTE_KEY.fullmatch(name)
-    ]
+def check_placeholders(text: str, channel: str | None = None) -> None:
+    """Raise ValidationFailed on a placeholder this service cannot fill on `channel`."""
+    extra = CHANNEL_FIELDS.get(channel or "", frozenset())
+    known = SIMPLE_FIELDS | extra
+    unknown = [name for name in placeholders(text) if name not in known and not ATTRIBUTE_KEY.fullmatch(name)]
     if unknown:
+        hint = "" if unknown[0] != UNSUBSCRIBE_URL else " (unsubscribe_url is for email only)"
         raise ValidationFailed(
-            f"unknown placeholder {{{{{unknown[0]}}}}}",
-            {"unknown_placeholders": unknown, "allowed": [*sorted(SIMPLE_FIELDS), "attributes.KEY"]},
+            f"unknown placeholder {{{{{unknown[0]}}}}}{hint}",
+            {"unknown_placeholders": unknown, "allowed": [*sorted(known), "attributes.KEY"]},
         )
 
 

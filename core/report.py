@@ -4,14 +4,15 @@ errors that dominate (with a sample each) and credits, as data and as markdown."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from core import counts, lifecycle
+from core import counts, ledger, lifecycle, zones
 from core.timeutil import iso_z, utcnow
-from models import Message, MessageStatus
+from models import Campaign, CampaignStatus, Message, MessageStatus
 
 TOP_ERRORS = 5
 SAMPLE_CHARS = 160
@@ -29,6 +30,23 @@ class ErrorLine:
 
 
 @dataclass(frozen=True)
+class WindowWait:
+    """Messages held by quiet hours: their recipients' send window is closed now."""
+
+    window: dict[str, str]
+    waiting: int
+    next_open: datetime
+    next_zone: str
+
+    def sentence(self) -> str:
+        return (
+            f"{self.waiting:,} messages wait for their recipients' send window "
+            f"({self.window['start']}-{self.window['end']} local time); the next opens at "
+            f"{iso_z(self.next_open)} ({self.next_zone})"
+        )
+
+
+@dataclass(frozen=True)
 class Report:
     campaign_id: str
     name: str
@@ -43,6 +61,7 @@ class Report:
     credits_used: int
     credits_reserved: int
     errors: list[ErrorLine] = field(default_factory=list)
+    waiting: WindowWait | None = None
 
     @property
     def snapshotted(self) -> bool:
@@ -62,7 +81,13 @@ class Report:
 
     def key(self) -> tuple[Any, ...]:
         """What changes when the report does (an unchanged one is not written again)."""
-        return (self.status, tuple(sorted(self.by_status.items())), self.credits_used, self.credits_reserved)
+        return (
+            self.status,
+            tuple(sorted(self.by_status.items())),
+            self.credits_used,
+            self.credits_reserved,
+            self.waiting,
+        )
 
 
 def top_errors(session: Session, campaign_id: str, limit: int = TOP_ERRORS) -> list[ErrorLine]:
@@ -83,6 +108,23 @@ def top_errors(session: Session, campaign_id: str, limit: int = TOP_ERRORS) -> l
     return lines
 
 
+def window_wait(session: Session, campaign: Campaign) -> WindowWait | None:
+    """What quiet hours hold back of a sending campaign right now, if anything."""
+    if not campaign.send_window or campaign.status != CampaignStatus.processing:
+        return None
+    now = utcnow()
+    closed = {
+        zone: n
+        for zone, n in ledger.waiting_zones(session, campaign_id=campaign.id).items()
+        if not zones.is_open(campaign.send_window, zone, now)
+    }
+    if not closed:
+        return None
+    opens = {zone: zones.next_open(campaign.send_window, zone, now) for zone in closed}
+    first = min(opens, key=lambda z: (opens[z], z))
+    return WindowWait(dict(campaign.send_window), sum(closed.values()), opens[first], first)
+
+
 def build(session: Session, campaign_id: str) -> Report:
     """The campaign's report now."""
     c = lifecycle.load(session, campaign_id)
@@ -101,6 +143,7 @@ def build(session: Session, campaign_id: str) -> Report:
         credits_used=c.credits_used,
         credits_reserved=c.credits_reserved,
         errors=top_errors(session, campaign_id) if any(by_status.get(s, 0) for s in FAILED) else [],
+        waiting=window_wait(session, c),
     )
 
 
@@ -119,6 +162,8 @@ def markdown(report: Report) -> str:
     if r.failure_reason:
         lines += [f"**Failure reason:** {_cell(r.failure_reason)}", ""]
     lines += [f"**Dispatched:** {r.dispatched:,} of {r.total:,} ({r.progress:.1f} %)", ""]
+    if r.waiting:
+        lines += [f"**Quiet hours:** {r.waiting.sentence()}.", ""]
     lines += ["| status | messages |", "|---|---:|"]
     for status in STATUS_ORDER:
         lines.append(f"| {status} | {r.by_status.get(status, 0):,} |")

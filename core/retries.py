@@ -51,7 +51,13 @@ def create_retry(
             {"status": original.status},
         )
     rows = session.execute(
-        select(col(Message.contact_id), col(Message.to_address), col(Message.cost), col(Message.content))
+        select(
+            col(Message.contact_id),
+            col(Message.to_address),
+            col(Message.cost),
+            col(Message.content),
+            col(Message.zone),
+        )
         .join(Contact, col(Contact.id) == col(Message.contact_id))
         .where(
             col(Message.campaign_id) == campaign_id,
@@ -80,6 +86,8 @@ def create_retry(
         body=original.body,
         template=original.template,
         subject=original.subject,
+        html=original.html,
+        send_window=original.send_window,
         status=CampaignStatus.draft,
         created_at=now,
         retry_of=original.id,
@@ -100,11 +108,12 @@ def create_retry(
                 "status": MessageStatus.pending,
                 "cost": cost,
                 "content": content,
+                "zone": zone,
                 "retryable": False,
                 "attempts": 0,
                 "updated_at": now,
             }
-            for seq, (contact_id, to_address, cost, content) in enumerate(rows)
+            for seq, (contact_id, to_address, cost, content, zone) in enumerate(rows)
         ],
     )
     credits.hold(session, account_id=account_id, campaign_id=retry.id, amount=sum(int(r[2]) for r in rows))

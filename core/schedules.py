@@ -27,7 +27,17 @@ from models import Schedule
 from models.schemas import ScheduleCampaign, ScheduleCreate
 
 # The campaign fields a schedule's parameters carry, beside account_id and schedule_id.
-CAMPAIGN_FIELDS = ("name", "channel", "contact_list_id", "sender_id", "body", "template", "subject")
+CAMPAIGN_FIELDS = (
+    "name",
+    "channel",
+    "contact_list_id",
+    "sender_id",
+    "body",
+    "template",
+    "subject",
+    "html",
+    "send_window",
+)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from channels.base import Channel, ProviderConfigError
-from core import attempts, ledger, metrics
+from core import attempts, ledger, metrics, zones
 from core.channels import build_channel
 from core.chunk import CampaignView, ChunkReport, OutcomeWriter, open_view
 from core.db import in_session
@@ -26,6 +26,7 @@ from core.delivery import MeteredChannel, RetryPolicy, Stopped, failed, look_up,
 from core.ledger import Outcome
 from core.pacing import Pacer, pacer_for
 from core.settings import Settings
+from core.timeutil import utcnow
 from models import ErrorCode
 
 log = logging.getLogger("campaigns.sender")
@@ -71,6 +72,11 @@ class ChunkSender:
         self._exhausted = False
         self._failure: BaseException | None = None
         self._channel_name = ""
+        # Quiet hours: the campaign's send window, its recipients' zones, and claimed rows whose
+        # window closed before they went out (handed back as pending; the flow waits for them).
+        self._window: dict[str, str] | None = None
+        self._zones: list[str] = []
+        self._held: set[str] = set()
 
     def _db(self, fn: Any, /, **kwargs: Any) -> Any:
         return in_session(self.engine, fn, **kwargs)
@@ -81,11 +87,14 @@ class ChunkSender:
 
     async def run(self) -> ChunkReport:
         """Send every pending message of the range; stops early on pause or cancel."""
-        view = await in_session(self.engine, open_view, self.campaign_id)
+        view = await in_session(self.engine, open_view, self.campaign_id, settings=self.settings)
         if view is None:
             self.report.stopped = True
             return self.report
         self._channel_name = view.channel
+        if view.send_window:
+            self._window = view.send_window
+            self._zones = list(await self._db(ledger.waiting_zones, campaign_id=self.campaign_id))
         provider = self.settings.channel(view.channel).provider
         channel = MeteredChannel(
             self.channel_override or build_channel(view.channel, self.settings), provider
@@ -198,6 +207,16 @@ class ChunkSender:
 
     # -- claiming, sending, recording --
 
+    def _open_zones(self) -> list[str] | None:
+        """The zones whose send window is open now (None: the campaign has no window)."""
+        if self._window is None:
+            return None
+        now = utcnow()
+        return [z for z in self._zones if zones.is_open(self._window, z, now)]
+
+    def _outside_window(self, row: dict[str, Any]) -> bool:
+        return self._window is not None and not zones.is_open(self._window, row["zone"] or "UTC", utcnow())
+
     async def _refill(self, limit: int) -> None:
         rows = await self._db(
             ledger.claim,
@@ -207,6 +226,7 @@ class ChunkSender:
             end=self.end,
             limit=limit,
             channel=self._channel_name,
+            zones=self._open_zones(),
         )
         if rows is None:  # no longer sending: what is claimed goes back unsent
             self.stop.set()
@@ -251,6 +271,10 @@ class ChunkSender:
     async def _send_one(
         self, channel: Channel, pacer: Pacer, view: CampaignView, row: dict[str, Any]
     ) -> None:
+        if self._outside_window(row):  # its window closed since the claim: it waits, unsent
+            self._unsent.discard(row["id"])
+            self._held.add(row["id"])
+            return
         message = view.message(row)
         if row["unsubscribed_at"] is not None or row["channel_opt_out"] is not None:
             self._unsent.discard(row["id"])  # decided here: never handed back as pending
@@ -294,6 +318,9 @@ class ChunkSender:
             if self._unsent:
                 self.report.stopped = True
                 await self._db(ledger.unclaim, attempt_id=self.attempt_id, message_ids=list(self._unsent))
+            if self._held:
+                self.report.held += len(self._held)
+                await self._db(ledger.unclaim, attempt_id=self.attempt_id, message_ids=list(self._held))
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)

@@ -6,19 +6,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Each adapter owns its settings model; this module composes them (channels/ imports nothing of core).
+from channels.email_sendgrid import SendGridSettings
 from channels.email_smtp import SmtpSettings
 from channels.sandbox import SandboxSettings
 from channels.slack_web import SlackWebSettings
 from channels.sms_twilio import TwilioSettings
 from channels.telegram_bot import TelegramBotSettings
 from channels.whatsapp_cloud import WhatsAppCloudSettings
+from core.zones import is_zone
 
 __all__ = [
     "SandboxSettings",
+    "SendGridSettings",
     "Settings",
     "SlackWebSettings",
     "SmtpSettings",
@@ -94,6 +97,12 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./.campaigns")
     database_url: str | None = None
     public_url: str | None = None
+    # Signs one-click unsubscribe links (HMAC-SHA256). Unset: a random key kept in the app
+    # database, made once and shared by every process (core/unsubscribe.py).
+    secret_key: SecretStr | None = None
+    # Recipients with no time zone of their own (and a phone number whose country has several)
+    # are in this IANA zone for send windows (SPEC §10).
+    default_timezone: str = "UTC"
     chunk_size: int = Field(default=1000, ge=1, le=100_000)
     chunk_concurrency: int = Field(default=2, ge=1, le=64)
     # Run chunks as flow runs of the deployment `send-campaign-chunk/default`, which any worker
@@ -139,7 +148,15 @@ class Settings(BaseSettings):
     whatsapp_cloud: WhatsAppCloudSettings = WhatsAppCloudSettings()
     telegram_bot: TelegramBotSettings = TelegramBotSettings()
     smtp: SmtpSettings = SmtpSettings()
+    sendgrid: SendGridSettings = SendGridSettings()
     slack_web: SlackWebSettings = SlackWebSettings()
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if not is_zone(value):
+            raise ValueError(f"unknown IANA time zone {value!r}")
+        return value
 
     def resolved_database_url(self) -> str:
         """The app database URL: explicit, or SQLite inside the data dir."""

@@ -16,10 +16,14 @@ from models import Campaign, CampaignStatus, Message
 
 def content_of(campaign: Campaign) -> audience.Content:
     """What the campaign sends, before personalization."""
-    return audience.Content(body=campaign.body, subject=campaign.subject, template=campaign.template)
+    return audience.Content(
+        body=campaign.body, subject=campaign.subject, template=campaign.template, html=campaign.html
+    )
 
 
-def _snapshot(reader: Session, campaign: Campaign, sink: Any = None) -> audience.Audience:
+def _snapshot(
+    reader: Session, campaign: Campaign, sink: Any = None, default_zone: str = "UTC"
+) -> audience.Audience:
     return audience.snapshot(
         reader,
         campaign_id=campaign.id,
@@ -28,15 +32,17 @@ def _snapshot(reader: Session, campaign: Campaign, sink: Any = None) -> audience
         channel=campaign.channel,
         content=content_of(campaign),
         sink=sink,
+        zoned=campaign.send_window is not None,
+        default_zone=default_zone,
     )
 
 
-def take_snapshot(session: Session, *, campaign_id: str) -> Campaign:
+def take_snapshot(session: Session, *, campaign_id: str, default_zone: str = "UTC") -> Campaign:
     """Freeze the recipients into message rows, once; a re-run keeps the first snapshot."""
     campaign = load(session, campaign_id)
     if campaign.snapshot_at is not None:
         return campaign
-    return _record_snapshot(session, campaign_id, _snapshot(session, campaign))
+    return _record_snapshot(session, campaign_id, _snapshot(session, campaign, default_zone=default_zone))
 
 
 def _record_snapshot(session: Session, campaign_id: str, result: audience.Audience) -> Campaign:
@@ -48,7 +54,9 @@ def _record_snapshot(session: Session, campaign_id: str, result: audience.Audien
     return load(session, campaign_id)
 
 
-def take_snapshot_in_batches(engine: Engine, read_engine: Engine, *, campaign_id: str) -> Campaign:
+def take_snapshot_in_batches(
+    engine: Engine, read_engine: Engine, *, campaign_id: str, default_zone: str = "UTC"
+) -> Campaign:
     """take_snapshot for big lists: recipients are streamed from a read-only session and written
     in batches of their own transactions, so a million-row snapshot never holds the (SQLite)
     write lock for long. A run that died mid-snapshot starts it over: nothing is sent before
@@ -65,7 +73,7 @@ def take_snapshot_in_batches(engine: Engine, read_engine: Engine, *, campaign_id
             batch_session.execute(insert(table), rows)
 
     with session_scope(read_engine) as reader:
-        result = _snapshot(reader, campaign, write)
+        result = _snapshot(reader, campaign, write, default_zone)
     with session_scope(engine) as session:
         return _record_snapshot(session, campaign_id, result)
 

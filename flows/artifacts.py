@@ -37,6 +37,7 @@ class OperatorArtifacts:
         self._progress_id: UUID | None = None
         self._report_id: UUID | None = None
         self._last_progress = -1.0
+        self._last_description = ""
         self._last_key: tuple[Any, ...] | None = None
         self._progress_at = 0.0
         self._report_at = 0.0
@@ -52,13 +53,16 @@ class OperatorArtifacts:
 
         value = round(r.progress, 2)
         description = f"{r.dispatched:,} of {r.total:,} messages dispatched — {r.name} ({r.campaign_id})"
+        if r.waiting:
+            description += f" — quiet hours: {r.waiting.sentence()}"
         if self._progress_id is None:
             self._progress_id = await acreate_progress_artifact(
                 progress=value, key=_key("progress", self.campaign_id), description=description
             )
-        elif value != self._last_progress:
+        elif value != self._last_progress or description != self._last_description:
             await aupdate_progress_artifact(self._progress_id, value, description=description)
         self._last_progress = value
+        self._last_description = description
 
     async def _report(self, r: report.Report) -> None:
         from prefect import get_client

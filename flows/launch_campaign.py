@@ -23,7 +23,7 @@ from core.timeutil import as_utc, utcnow
 from core.validation import schema_error
 from flows.launcher import PrefectLauncher
 from models import CampaignStatus, Channel
-from models.schemas import CampaignCreate, WhatsAppTemplate
+from models.schemas import CampaignCreate, SendWindow, WhatsAppTemplate
 
 # A run started up to this much after its scheduled time still keeps that time (runners pick
 # scheduled runs up to 10 s early; later than this, "now" is the honest time).
@@ -112,6 +112,8 @@ async def launch_campaign(
     body: str | None = None,
     template: WhatsAppTemplate | None = None,
     subject: str | None = None,
+    html: str | None = None,
+    send_window: SendWindow | None = None,
     scheduled_at: datetime | None = None,
     schedule_id: str | None = None,
 ) -> Any:
@@ -130,6 +132,10 @@ async def launch_campaign(
             is given.
         template: WhatsApp only: an approved template (name, language, components).
         subject: Email only; default: the campaign's name.
+        html: Email only: an HTML part (body is then the text part); {{unsubscribe_url}} is
+            each recipient's one-click unsubscribe link.
+        send_window: Quiet hours: send only between start and end ("09:00", "20:00") of each
+            recipient's local time.
         scheduled_at: When to start sending (UTC); empty: now.
         schedule_id: Set by a recurring schedule (sch_…) on its runs; leave empty in the form.
     """
@@ -145,6 +151,8 @@ async def launch_campaign(
         "body": body,
         "template": _raw(template),
         "subject": subject,
+        "html": html,
+        "send_window": _raw(send_window),
         "scheduled_at": _fire_time(scheduled_at) if schedule_id else scheduled_at,
     }
     try:

@@ -18,13 +18,13 @@ from prefect.exceptions import Pause
 from prefect.states import Cancelled, Failed
 
 from channels.base import ProviderConfigError
-from core import counts, ledger, lifecycle, runs, slots
+from core import counts, ledger, lifecycle, runs, slots, zones
 from core.db import get_engine, get_read_engine, in_session, run_in_session
 from core.errors import InsufficientCredits
 from core.lifecycle import FailureReason
 from core.logs import campaign_id_var
 from core.settings import Settings, get_settings
-from core.timeutil import as_utc, utcnow
+from core.timeutil import as_utc, iso_z, utcnow
 from flows import control
 from flows.artifacts import OperatorArtifacts
 from flows.hooks import mark_cancelled, mark_crashed, mark_failed
@@ -43,6 +43,8 @@ SCHEDULE_CHECK_S = 1.0
 HEARTBEAT_S = 5.0
 COUNTS_S = 1.0
 DISPATCH_PASSES = 3
+# A run waiting for a send window looks this often for a pause, cancel or edit.
+WINDOW_CHECK_S = 2.0
 ENDING_WRITE_S = 10.0
 S = CampaignStatus
 log = logging.getLogger("campaigns.flow")
@@ -199,26 +201,35 @@ async def _wait_until_due(campaign_id: str) -> str:
 
 async def _dispatch(settings: Settings, campaign_id: str) -> str:
     """Send every chunk, holding the sender's slot; processing → sent once nothing is unsent.
-    A pass whose chunks stopped early (a lost lease) is followed by another, a few times."""
+    A pass whose chunks stopped early (a lost lease) is followed by another, a few times. With
+    a send window, each round sends to the recipients inside theirs, then the run sleeps (slot
+    released) until the next window opens for someone still waiting."""
     campaign = await _db(lifecycle.load, campaign_id)
+    window = campaign.send_window
     real_provider = settings.channel(campaign.channel).provider != "sandbox"
-    slot: Any = contextlib.nullcontext()
-    if settings.global_limits and real_provider:
-        name = slots.slot_name(campaign.channel, campaign.sender_value)
-        slot = slots.hold(get_engine(settings), name=name, holder=campaign_id)
+    size = chunk_run_size(settings, campaign.total_recipients) if settings.distribute_chunks else None
     try:
-        async with slot:
-            size = chunk_run_size(settings, campaign.total_recipients) if settings.distribute_chunks else None
-            chunks = await plan_chunks(campaign_id, size)
-            for _pass in range(DISPATCH_PASSES):
-                if not chunks:
-                    break
-                await _send_chunks(settings, campaign, chunks)
-                if await _db(lifecycle.status_of, campaign_id) != S.processing:
-                    break
-                chunks = await _db(
-                    ledger.open_ranges, campaign_id=campaign_id, chunk_size=size or settings.chunk_size
-                )
+        while True:
+            slot: Any = contextlib.nullcontext()
+            if settings.global_limits and real_provider:
+                name = slots.slot_name(campaign.channel, campaign.sender_value)
+                slot = slots.hold(get_engine(settings), name=name, holder=campaign_id)
+            async with slot:
+                if window:
+                    chunks = await _open_ranges(campaign_id, size or settings.chunk_size, window)
+                else:
+                    chunks = await plan_chunks(campaign_id, size)
+                for _pass in range(DISPATCH_PASSES):
+                    if not chunks:
+                        break
+                    await _send_chunks(settings, campaign, chunks)
+                    if await _db(lifecycle.status_of, campaign_id) != S.processing:
+                        break
+                    chunks = await _open_ranges(campaign_id, size or settings.chunk_size, window)
+            if not window or chunks or await _db(lifecycle.status_of, campaign_id) != S.processing:
+                break
+            if not await _wait_for_window(campaign_id, window):
+                break
     except ProviderConfigError as exc:
         log.error("campaign %s: the provider refused our credentials: %s", campaign_id, exc)
         await _db(lifecycle.fail, campaign_id=campaign_id, reason=FailureReason.provider_credentials)
@@ -233,6 +244,48 @@ async def _dispatch(settings: Settings, campaign_id: str) -> str:
     else:
         await _db(lifecycle.dispatched, campaign_id=campaign_id)
     return str(await _db(lifecycle.status_of, campaign_id))
+
+
+async def _open_ranges(campaign_id: str, chunk_size: int, window: dict[str, str] | None) -> list[Any]:
+    """The ranges still holding unsent messages (with a window: of recipients inside theirs)."""
+    open_zones = None
+    if window:
+        now = utcnow()
+        waiting = await _db(ledger.waiting_zones, campaign_id=campaign_id)
+        open_zones = [zone for zone in waiting if zones.is_open(window, zone, now)]
+        if not open_zones:
+            return []
+    return list(
+        await _db(ledger.open_ranges, campaign_id=campaign_id, chunk_size=chunk_size, zones=open_zones)
+    )
+
+
+async def _wait_for_window(campaign_id: str, window: dict[str, str]) -> bool:
+    """Sleep until the send window opens for some recipient still waiting (the artifacts say
+    so); False if the campaign stopped sending meanwhile, or if nobody waits any more."""
+    said = None
+    while True:
+        if await _db(lifecycle.status_of, campaign_id) != S.processing:
+            return False
+        waiting = await _db(ledger.waiting_zones, campaign_id=campaign_id)
+        if not waiting:
+            return False
+        now = utcnow()
+        opening = min(zones.next_open(window, zone, now) for zone in waiting)
+        wait = (opening - now).total_seconds()
+        if wait <= 0:
+            return True
+        if said != opening:
+            get_run_logger().info(
+                "campaign %s: %s messages wait for their send window (%s-%s local); next opens at %s",
+                campaign_id,
+                sum(waiting.values()),
+                window["start"],
+                window["end"],
+                iso_z(opening),
+            )
+            said = opening
+        await asyncio.sleep(min(wait, WINDOW_CHECK_S))
 
 
 async def _send_chunks(settings: Settings, campaign: Any, chunks: list[tuple[int, int]]) -> None:

@@ -4,6 +4,7 @@ from models.enums import CampaignStatus, Channel, CreditKind, ErrorCode, Message
 from models.tables import (
     Account,
     ApiKey,
+    AppSecret,
     Campaign,
     ChannelOptOut,
     Contact,
@@ -26,6 +27,7 @@ from models.tables import (
 __all__ = [
     "Account",
     "ApiKey",
+    "AppSecret",
     "Campaign",
     "CampaignStatus",
     "Channel",

@@ -69,6 +69,8 @@ class CampaignPublic(BaseModel):
                     "body": "Hi {{first_name}}, 20% off today.",
                     "template": None,
                     "subject": None,
+                    "html": None,
+                    "send_window": {"start": "09:00", "end": "20:00"},
                     "total_recipients": 3,
                     "delivered_count": 1,
                     "failed_count": 0,
@@ -105,6 +107,10 @@ class CampaignPublic(BaseModel):
     body: str | None
     template: dict[str, Any] | None
     subject: str | None
+    html: str | None = Field(description="Email only: the HTML part (body is the text part).")
+    send_window: dict[str, str] | None = Field(
+        description='Quiet hours, e.g. {"start": "09:00", "end": "20:00"} of each recipient\'s local time.'
+    )
     total_recipients: int
     delivered_count: int
     failed_count: int = Field(description="undelivered + failed messages.")
@@ -157,8 +163,10 @@ class ContactPublic(BaseModel):
                     "telegram_chat_id": None,
                     "slack_user_id": None,
                     "attributes": {"city": "London"},
+                    "timezone": "Europe/London",
                     "lists": ["lst_8h2j4k6l1z3x5c7v9b0n2m4q"],
                     "subscribed": True,
+                    "opted_out_channels": [],
                     "unsubscribed_at": None,
                     "created_at": "2026-07-01T08:00:00Z",
                     "updated_at": "2026-07-01T08:00:00Z",
@@ -174,8 +182,14 @@ class ContactPublic(BaseModel):
     telegram_chat_id: str | None
     slack_user_id: str | None
     attributes: dict[str, Any]
+    timezone: str | None = Field(
+        description="IANA time zone of send windows; null: derived from the phone number's country."
+    )
     lists: list[str]
     subscribed: bool
+    opted_out_channels: list[str] = Field(
+        description='Channels the contact left one by one, e.g. ["email"] (unsubscribed_at: all of them).'
+    )
     unsubscribed_at: Timestamp | None = _ts("When the contact opted out.")
     created_at: Timestamp = _ts("Created.")
     updated_at: Timestamp = _ts("Last change.")
@@ -255,6 +269,8 @@ class ScheduleCampaignPublic(BaseModel):
     body: str | None
     template: dict[str, Any] | None
     subject: str | None
+    html: str | None = None
+    send_window: dict[str, str] | None = None
 
 
 class SchedulePublic(BaseModel):

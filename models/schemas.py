@@ -32,6 +32,8 @@ TelegramChatId = (
     | Annotated[StrictInt, Field(ge=-(2**53), le=2**53)]
 )
 SlackUserId = Annotated[StrictStr, Field(max_length=64)]
+# An IANA time zone name ("Europe/Paris"); an unknown name is a 422, checked in core.
+Zone = Annotated[StrictStr, Field(min_length=1, max_length=64, examples=["Europe/Paris"])]
 
 
 def has_nul(value: Any) -> bool:
@@ -116,6 +118,24 @@ class WhatsAppTemplate(_Body):
         }
 
 
+# "HH:MM" of a 24-hour clock; "24:00" may end a window (the end of the day).
+ClockTime = Annotated[
+    StrictStr, Field(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$", examples=["09:00", "20:00"])
+]
+# An HTML part bigger than this is clipped by Gmail ("[Message clipped]"), hiding the footer.
+MAX_HTML_BYTES = 102_400
+
+
+class SendWindow(_Body):
+    """Quiet hours: messages go out only between `start` and `end` of each recipient's local
+    time (start < end)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: ClockTime
+    end: ClockTime
+
+
 class CampaignCreate(_Body):
     model_config = ConfigDict(
         extra="ignore",
@@ -151,6 +171,13 @@ class CampaignCreate(_Body):
     body: StrictStr | None = None
     template: WhatsAppTemplate | None = None
     subject: StrictStr | None = Field(default=None, max_length=998)
+    html: StrictStr | None = Field(
+        default=None, description="Email only: the HTML part; `body` is then the text part."
+    )
+    send_window: SendWindow | None = Field(
+        default=None,
+        description="Quiet hours: send only between start and end of each recipient's local time.",
+    )
     scheduled_at: datetime | None = None
 
 
@@ -240,6 +267,8 @@ class CampaignUpdate(_Body):
     body: StrictStr | None = None
     template: WhatsAppTemplate | None = None
     subject: StrictStr | None = Field(default=None, max_length=998)
+    html: StrictStr | None = None
+    send_window: SendWindow | None = None
     scheduled_at: datetime | None = None
 
 
@@ -271,6 +300,7 @@ class ContactCreate(_Body):
     email: StrictStr | None = Field(default=None, max_length=320)
     telegram_chat_id: TelegramChatId | None = None
     slack_user_id: SlackUserId | None = None
+    timezone: Zone | None = None
     attributes: dict[AttributeKey, AttributeValue] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
     lists: list[Id] = Field(default_factory=list, max_length=MAX_LISTS)
 
@@ -281,6 +311,7 @@ class ContactUpdate(_Body):
     email: StrictStr | None = Field(default=None, max_length=320)
     telegram_chat_id: TelegramChatId | None = None
     slack_user_id: SlackUserId | None = None
+    timezone: Zone | None = None
     attributes: dict[AttributeKey, AttributeValue] | None = Field(default=None, max_length=MAX_ATTRIBUTES)
     lists: list[Id] | None = Field(default=None, max_length=MAX_LISTS)
     subscribed: bool | None = None

@@ -77,6 +77,8 @@ class Contact(SQLModel, table=True):
     telegram_chat_id: str | None = Field(default=None, max_length=64)
     slack_user_id: str | None = Field(default=None, max_length=64)
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # IANA zone of the contact's send windows; None: derived from the phone (core/zones.py).
+    timezone: str | None = Field(default=None, max_length=64)
     unsubscribed_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
@@ -129,6 +131,10 @@ class Campaign(SQLModel, table=True):
     body: str | None = None
     template: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     subject: str | None = Field(default=None, max_length=998)
+    # Email only: the HTML part (then `body` is the text part).
+    html: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Quiet hours: {"start": "09:00", "end": "20:00"} of each recipient's local time, or None.
+    send_window: dict[str, str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     status: str = Field(default="draft", max_length=16, index=True)
     scheduled_at: datetime | None = None
     paused_at: datetime | None = None
@@ -179,6 +185,8 @@ class Message(SQLModel, table=True):
     contact_id: str = Field(max_length=40)
     seq: int
     to_address: str = Field(max_length=320)
+    # The recipient's IANA zone, fixed at the snapshot when the campaign has a send window.
+    zone: str | None = Field(default=None, max_length=64)
     status: str = Field(default="pending", max_length=16)
     cost: int = 1
     attempts: int = 0
@@ -255,6 +263,17 @@ class CreditEntry(SQLModel, table=True):
     campaign_id: str | None = Field(default=None, index=True, max_length=40)
     kind: str = Field(max_length=16)
     amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime
+
+
+class AppSecret(SQLModel, table=True):
+    """Keys the product makes for itself once and every process shares (e.g. the key that
+    signs unsubscribe links when CAMPAIGNS_SECRET_KEY is not set)."""
+
+    __tablename__ = "app_secrets"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=200)
     created_at: datetime
 
 

@@ -50,6 +50,7 @@ async def resolve_recipients(campaign_id: str) -> dict[str, int]:
         get_engine(settings),
         get_read_engine(settings),
         campaign_id=campaign_id,
+        default_zone=settings.default_timezone,
     )
     return {"total_recipients": campaign.total_recipients, "skipped": campaign.skipped_count}
 

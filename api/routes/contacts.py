@@ -44,7 +44,11 @@ router = APIRouter(tags=["contacts"])
 
 def _contact(session: Session, account_id: str, contact_id: str) -> dict[str, Any]:
     contact = contacts.get_contact(session, account_id=account_id, contact_id=contact_id)
-    return contact_out(contact, contacts.contact_list_ids(session, [contact.id])[contact.id])
+    return contact_out(
+        contact,
+        contacts.contact_list_ids(session, [contact.id])[contact.id],
+        contacts.opted_out_channels(session, [contact.id])[contact.id],
+    )
 
 
 @router.post("/v1/contacts", status_code=201, response_model=ContactPublic, responses=_WRITE)
@@ -97,8 +101,9 @@ async def list_contacts(
         rows, total = contacts.list_contacts(
             session, account_id=account_id, list_id=list_id, page=paging.page, per_page=paging.per_page
         )
-        lists = contacts.contact_list_ids(session, [c.id for c in rows])
-        return page_body([contact_out(c, lists[c.id]) for c in rows], paging, total)
+        ids = [c.id for c in rows]
+        lists, left = contacts.contact_list_ids(session, ids), contacts.opted_out_channels(session, ids)
+        return page_body([contact_out(c, lists[c.id], left[c.id]) for c in rows], paging, total)
 
     return await in_db(request, _list, write=False)
 

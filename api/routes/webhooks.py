@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from api.deps import in_db, state
-from channels import sms_twilio, whatsapp_cloud
+from channels import email_sendgrid, sms_twilio, whatsapp_cloud
 from channels.base import StatusUpdate
-from core import optout, tracking
+from core import email_events, optout, tracking
 from core.errors import Forbidden, InvalidRequest
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -34,6 +35,16 @@ async def _twilio_params(request: Request) -> dict[str, list[str]]:
     if not sms_twilio.verify_signature(url, params, token, request.headers.get("x-twilio-signature")):
         raise Forbidden("invalid X-Twilio-Signature")
     return params
+
+
+def _json(raw: bytes) -> Any:
+    """A webhook body parsed as JSON (400 invalid_request when it is not)."""
+    try:
+        return json.loads(raw)
+    except ValueError:  # also UnicodeDecodeError
+        raise InvalidRequest("malformed JSON") from None
+    except RecursionError:  # not a ValueError: deeply nested arrays or objects
+        raise InvalidRequest("malformed JSON: nested too deeply") from None
 
 
 @router.post("/twilio/status")
@@ -85,14 +96,36 @@ async def whatsapp_events(request: Request) -> Response:
     secret = state(request).settings.whatsapp_cloud.app_secret.get_secret_value()
     if not whatsapp_cloud.verify_signature(raw, secret, request.headers.get("x-hub-signature-256")):
         raise Forbidden("invalid X-Hub-Signature-256")
-    try:
-        payload: Any = json.loads(raw)
-    except ValueError:  # also UnicodeDecodeError
-        raise InvalidRequest("malformed JSON") from None
-    except RecursionError:  # not a ValueError: deeply nested arrays or objects
-        raise InvalidRequest("malformed JSON: nested too deeply") from None
+    payload = _json(raw)
     updates = whatsapp_cloud.updates_from_webhook(payload if isinstance(payload, dict) else {})
     changed = 0
     if updates:
         changed = await in_db(request, lambda s: tracking.apply_updates(s, updates, keep_unmatched=True))
     return JSONResponse({"received": len(updates), "applied": changed})
+
+
+@router.post("/sendgrid")
+async def sendgrid_events(request: Request) -> Response:
+    """Event batches (delivered, bounce, dropped, spamreport…) for emails we sent through SendGrid."""
+    raw = await request.body()
+    config = state(request).settings.sendgrid
+    if not config.webhook_public_key:
+        raise Forbidden("the SendGrid webhook public key is not configured")
+    timestamp = request.headers.get(email_sendgrid.TIMESTAMP_HEADER)
+    signature = request.headers.get(email_sendgrid.SIGNATURE_HEADER)
+    if not email_sendgrid.verify_signature(config.webhook_public_key, raw, signature, timestamp):
+        raise Forbidden(f"invalid {email_sendgrid.SIGNATURE_HEADER}")
+    # Checked after the signature, so that only a genuine but old batch is called a replay.
+    fresh = email_sendgrid.timestamp_is_fresh(
+        timestamp, now=time.time(), max_skew_s=config.webhook_max_skew_s
+    )
+    if not fresh:
+        raise Forbidden(f"stale {email_sendgrid.TIMESTAMP_HEADER}: replayed or clock skew")
+    payload = _json(raw)
+    if not isinstance(payload, list):
+        raise InvalidRequest("expected a JSON array of events")
+    events = email_events.read_events(payload)
+    result = email_events.Applied(0, 0)
+    if events:
+        result = await in_db(request, lambda s: email_events.apply_events(s, events))
+    return JSONResponse({"received": len(payload), "applied": result.applied, "opted_out": result.opted_out})

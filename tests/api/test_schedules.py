@@ -69,6 +69,8 @@ def test_create_a_cron_schedule(client: TestClient, tenant: Tenant, scheduler: M
         "body": "Hi {{first_name}}",
         "template": None,
         "subject": None,
+        "html": None,
+        "send_window": None,
     }
     # What Prefect holds: the launch-campaign parameters, keyed by our id (the slug).
     held = scheduler.schedules[body["id"]]

@@ -1,6 +1,6 @@
-"""Fake Twilio, WhatsApp Cloud API, Telegram Bot API and Slack Web API servers, speaking each
-provider's wire format on 127.0.0.1 (one uvicorn server, one path prefix per provider), plus an
-aiosmtpd SMTP server. Recipients with magic addresses trigger each provider's errors."""
+"""Fake Twilio, WhatsApp Cloud API, Telegram Bot API, Slack Web API and SendGrid servers, speaking
+each provider's wire format on 127.0.0.1 (one uvicorn server, one path prefix per provider), plus
+an aiosmtpd SMTP server. Recipients with magic addresses trigger each provider's errors."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from urllib.parse import urlencode
 
 import httpx
 import uvicorn
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,6 +36,16 @@ WHATSAPP_TOKEN = "wa-test-token"
 WHATSAPP_SECRET = "wa-app-secret"
 TELEGRAM_TOKEN = "123456:TEST-token"
 SLACK_TOKEN = "xoxb-test-token"
+SENDGRID_KEY = "SG.test-key.secret"
+# The fake's Signed Event Webhook key pair; the public half as SendGrid shows it (base64 DER).
+SENDGRID_SIGNING_KEY = ec.generate_private_key(ec.SECP256R1())
+SENDGRID_PUBLIC_KEY = base64.b64encode(
+    SENDGRID_SIGNING_KEY.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+).decode()
+# A From address on a domain without a verified Sender Identity (SendGrid answers 403).
+SENDGRID_UNVERIFIED_DOMAIN = "unverified.example.com"
 
 # Magic recipients, per scenario and provider.
 SCENARIOS: dict[str, dict[str, str]] = {
@@ -87,6 +99,40 @@ def hub_signature(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def sendgrid_signature(raw: bytes, timestamp: str, key: ec.EllipticCurvePrivateKey | None = None) -> str:
+    """X-Twilio-Email-Event-Webhook-Signature: base64 DER ECDSA P-256/SHA-256 of timestamp + body."""
+    signer = key or SENDGRID_SIGNING_KEY
+    return base64.b64encode(signer.sign(timestamp.encode() + raw, ec.ECDSA(hashes.SHA256()))).decode()
+
+
+def sendgrid_headers(
+    raw: bytes, timestamp: int | None = None, key: ec.EllipticCurvePrivateKey | None = None
+) -> dict[str, str]:
+    """The headers SendGrid signs an event batch with (timestamp: now unless given)."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    return {
+        "Content-Type": "application/json",
+        "X-Twilio-Email-Event-Webhook-Signature": sendgrid_signature(raw, stamp, key),
+        "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+    }
+
+
+def sendgrid_events_for(address: str) -> list[str]:
+    """The events SendGrid reports for a recipient, by the local part of its address."""
+    local = address.split("@", 1)[0].lower()
+    if local.startswith("bounce"):
+        return ["processed", "bounce"]
+    if local.startswith("blocked"):
+        return ["processed", "blocked"]
+    if local.startswith("drop"):
+        return ["dropped"]
+    if local.startswith("spam"):
+        return ["processed", "delivered", "spamreport"]
+    if local.startswith("defer"):
+        return ["processed", "deferred", "delivered"]
+    return ["processed", "delivered"]
+
+
 @dataclass
 class Received:
     provider: str
@@ -114,6 +160,15 @@ class FakeProviders:
         self.outage: set[str] = set()
         # The next this-many Twilio sends are accepted but never answered.
         self.lose_answers = 0
+        # SendGrid: accepted sends by X-Message-Id; where to POST signed event batches (the API's
+        # base URL) and what it answered; recipients answered 503; sends accepted, never answered.
+        self.sendgrid_messages: dict[str, dict[str, Any]] = {}
+        self.sendgrid_webhook_url: str | None = None
+        self.sendgrid_webhook_answers: list[int] = []
+        self.sendgrid_outage: set[str] = set()
+        self.sendgrid_lose_answers = 0
+        self._sendgrid_outbox: list[dict[str, Any]] = []
+        self._sendgrid_flushing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.app = Starlette(
             routes=[
@@ -128,6 +183,7 @@ class FakeProviders:
                 Route("/whatsapp/v21.0/{phone_id}/messages", self.whatsapp_send, methods=["POST"]),
                 Route("/telegram/bot{token}/sendMessage", self.telegram_send, methods=["POST"]),
                 Route("/slack/api/chat.postMessage", self.slack_post, methods=["POST"]),
+                Route("/sendgrid/v3/mail/send", self.sendgrid_send, methods=["POST"]),
             ]
         )
 
@@ -493,6 +549,269 @@ class FakeProviders:
                 "message": {"text": data.get("text"), "type": "message", "ts": ts},
             }
         )
+
+    # -- SendGrid v3 Mail Send --
+
+    @staticmethod
+    def _sendgrid_error(status: int, message: str, field: str | None = None, **headers: str) -> JSONResponse:
+        return JSONResponse(
+            {"errors": [{"message": message, "field": field, "help": None}]},
+            status_code=status,
+            headers=headers or None,
+        )
+
+    @classmethod
+    def _sendgrid_invalid_recipients(cls, personalizations: Any) -> JSONResponse | None:
+        """SendGrid's checks of `personalizations` (at least one, each with a `to`; at most 1,000
+        recipients, each once), or None."""
+        if not isinstance(personalizations, list) or not personalizations:
+            return cls._sendgrid_error(
+                400,
+                "The personalizations field is required and must have at least one personalization.",
+                "personalizations",
+            )
+        if len(personalizations) > 1000:
+            return cls._sendgrid_error(
+                400, "The personalizations field is limited to 1000.", "personalizations"
+            )
+        seen: set[str] = set()
+        for i, p in enumerate(personalizations):
+            to = p.get("to") if isinstance(p, dict) else None
+            if not isinstance(to, list) or not to:
+                return cls._sendgrid_error(
+                    400,
+                    "The to array is required for all personalization objects, and must have at least "
+                    "one email object with a valid email address.",
+                    f"personalizations.{i}.to",
+                )
+            for j, rcpt in enumerate(to):
+                address = rcpt.get("email") if isinstance(rcpt, dict) else None
+                if not isinstance(address, str) or "@" not in address:
+                    return cls._sendgrid_error(
+                        400, "Does not contain a valid address.", f"personalizations.{i}.to.{j}.email"
+                    )
+                if address.lower() in seen:
+                    return cls._sendgrid_error(
+                        400,
+                        "Each email address in the personalization block should be unique between to, cc, "
+                        f"and bcc. We found the first duplicate instance of [{address}] in the "
+                        f"personalizations.{i}.to field.",
+                        f"personalizations.{i}.to",
+                    )
+                seen.add(address.lower())
+            args = p.get("custom_args", {})
+            if not isinstance(args, dict) or not all(isinstance(v, str) for v in args.values()):
+                return cls._sendgrid_error(
+                    400, "Custom args values must be strings.", f"personalizations.{i}"
+                )
+        if len(seen) > 1000:
+            return cls._sendgrid_error(
+                400, "Too many recipients: at most 1000 per request.", "personalizations"
+            )
+        return None
+
+    @classmethod
+    def _sendgrid_invalid(cls, data: Any) -> JSONResponse | None:
+        """SendGrid's request validation (the checks a campaign's mail can trip), or None."""
+        if not isinstance(data, dict):
+            return cls._sendgrid_error(400, "Bad Request")
+        personalizations = data.get("personalizations")
+        invalid = cls._sendgrid_invalid_recipients(personalizations)
+        if invalid is not None:
+            return invalid
+        sender = data.get("from")
+        if (
+            not isinstance(sender, dict)
+            or not isinstance(sender.get("email"), str)
+            or "@" not in sender["email"]
+        ):
+            return cls._sendgrid_error(
+                400,
+                "The from object must be provided for every email send. It is an object that requires "
+                "the email parameter, but may also contain a name parameter.",
+                "from.email",
+            )
+        subject = data.get("subject")
+        if not (isinstance(subject, str) and subject) and not all(
+            isinstance(p.get("subject"), str) and p["subject"] for p in personalizations
+        ):
+            return cls._sendgrid_error(
+                400,
+                "The subject is required. You can get around this requirement if you use a template with "
+                "a subject defined or if every personalization has a subject defined.",
+                "subject",
+            )
+        content = data.get("content")
+        if not isinstance(content, list) or not content:
+            return cls._sendgrid_error(
+                400, "Unless a valid template_id is provided, the content parameter is required.", "content"
+            )
+        for i, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str) or not part["type"]:
+                return cls._sendgrid_error(400, "The content type is required.", f"content.{i}.type")
+            if not isinstance(part.get("value"), str) or not part["value"]:
+                return cls._sendgrid_error(
+                    400,
+                    "The content value must be a string at least one character in length.",
+                    f"content.{i}.value",
+                )
+        types = [part["type"] for part in content]
+        leading = [t for t in ("text/plain", "text/html") if t in types]
+        if types[: len(leading)] != leading:
+            return cls._sendgrid_error(
+                400,
+                "If present, text/plain content must be first, followed by text/html, followed by any "
+                "other content.",
+                "content",
+            )
+        headers = data.get("headers", {})
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            return cls._sendgrid_error(400, "Invalid type. Expected: object, given: other.", "headers")
+        return None
+
+    async def sendgrid_send(self, request: Request) -> Response:
+        await self._latency()
+        if request.headers.get("authorization") != f"Bearer {SENDGRID_KEY}":
+            return self._sendgrid_error(
+                401, "The provided authorization grant is invalid, expired, or revoked"
+            )
+        try:
+            data = json.loads(await request.body())
+        except ValueError:
+            return self._sendgrid_error(400, "Bad Request")
+        invalid = self._sendgrid_invalid(data)
+        if invalid is not None:
+            return invalid
+        if str(data["from"]["email"]).lower().endswith("@" + SENDGRID_UNVERIFIED_DOMAIN):
+            return self._sendgrid_error(
+                403,
+                "The from address does not match a verified Sender Identity. Mail cannot be sent until "
+                "this error is resolved.",
+                "from",
+            )
+        to = str(data["personalizations"][0]["to"][0]["email"])
+        magic = {s: v["email"] for s, v in SCENARIOS.items()}
+        if to == magic["permanent"]:
+            return self._sendgrid_error(
+                400, "Does not contain a valid address.", "personalizations.0.to.0.email"
+            )
+        if to == magic["rate_limited"]:
+            return self._sendgrid_error(
+                429,
+                "too many requests",
+                **{
+                    "X-RateLimit-Limit": "600",
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": str(int(time.time()) + 2),
+                },
+            )
+        if to == magic["server_error"] or to in self.sendgrid_outage:
+            return self._sendgrid_error(503, "Service Unavailable")
+        if to == magic["timeout"]:
+            await asyncio.sleep(SLOW_S)
+        xid = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
+        text = next((p["value"] for p in data["content"] if p["type"] == "text/plain"), "")
+        self.sendgrid_messages[xid] = {
+            "data": data,
+            "headers": {k: v for k, v in request.headers.items() if k != "authorization"},
+            "at": time.time(),
+        }
+        for p in data["personalizations"]:
+            for rcpt in p["to"]:
+                self.received.append(Received("sendgrid", str(rcpt["email"]), text, data))
+        if self.sendgrid_webhook_url:
+            self._background(self._sendgrid_report(xid, data))
+        if self.sendgrid_lose_answers > 0:  # accepted, but the answer never arrives
+            self.sendgrid_lose_answers -= 1
+            await asyncio.sleep(3600)
+        return Response(
+            status_code=202,
+            headers={"X-Message-Id": xid, "X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "599"},
+        )
+
+    @staticmethod
+    def sendgrid_event(xid: str, kind: str, address: str, args: dict[str, str]) -> dict[str, Any]:
+        """One Event Webhook event as SendGrid posts it, custom args merged in as top-level fields."""
+        event: dict[str, Any] = {
+            **args,
+            "email": address,
+            "timestamp": int(time.time()),
+            "smtp-id": f"<{xid}@ismtpd0039p1iad1.sendgrid.net>",
+            "event": kind,
+            "sg_event_id": base64.urlsafe_b64encode(secrets.token_bytes(24)).decode(),
+            "sg_message_id": f"{xid}.filterdrecv-p3mdw1-756b745b58-kmzbl-18-5F5FC76C-9.0",
+        }
+        if kind == "delivered":
+            event.update(response="250 2.0.0 OK", ip="168.1.1.1", tls=1)
+        elif kind == "deferred":
+            event.update(response="451 4.7.1 Try again later", attempt="1")
+        elif kind == "bounce":
+            event.update(
+                type="bounce",
+                status="5.1.1",
+                reason="550 5.1.1 The email account that you tried to reach does not exist.",
+                bounce_classification="Invalid Address",
+            )
+        elif kind == "blocked":
+            event.update(
+                event="bounce",
+                type="blocked",
+                status="4.7.1",
+                reason="421 4.7.1 Message temporarily deferred due to reputation",
+                bounce_classification="Reputation",
+            )
+        elif kind == "dropped":
+            event.update(reason="Bounced Address", status="5.0.0")
+        return event
+
+    async def _sendgrid_report(self, xid: str, data: dict[str, Any]) -> None:
+        """The events of one send, queued for the next batch after the delivery delay."""
+        top = data.get("custom_args") or {}
+        processed, later = [], []
+        for p in data["personalizations"]:
+            args = {**top, **(p.get("custom_args") or {})}
+            for rcpt in p["to"]:
+                for kind in sendgrid_events_for(str(rcpt["email"])):
+                    event = self.sendgrid_event(xid, kind, str(rcpt["email"]), args)
+                    (processed if kind == "processed" else later).append(event)
+        self._sendgrid_queue(processed)
+        await asyncio.sleep(self.delivery_delay_s)
+        self._sendgrid_queue(later)
+
+    def _sendgrid_queue(self, events: list[dict[str, Any]]) -> None:
+        self._sendgrid_outbox.extend(events)
+        if events and not self._sendgrid_flushing:
+            self._sendgrid_flushing = True
+            self._background(self._sendgrid_flush())
+
+    async def _sendgrid_flush(self) -> None:
+        await asyncio.sleep(0.05)  # SendGrid batches the events of many messages in one POST
+        batch, self._sendgrid_outbox = self._sendgrid_outbox, []
+        self._sendgrid_flushing = False
+        await self.post_sendgrid_events(batch)
+
+    async def post_sendgrid_events(self, events: list[dict[str, Any]], timestamp: int | None = None) -> int:
+        """POST one signed batch to the webhook URL (retried on 5xx and connection errors, as
+        SendGrid does); the last HTTP status, 0 if never answered."""
+        assert self.sendgrid_webhook_url, "set sendgrid_webhook_url first"
+        raw = (json.dumps(events, separators=(",", ":")) + "\r\n").encode()
+        status = 0
+        for attempt in range(3):
+            headers = sendgrid_headers(raw, timestamp)
+            try:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    response = await client.post(
+                        f"{self.sendgrid_webhook_url}/v1/webhooks/sendgrid", content=raw, headers=headers
+                    )
+                status = response.status_code
+            except httpx.TransportError:
+                status = 0
+            if 0 < status < 500:
+                break
+            await asyncio.sleep(0.2 * (attempt + 1))
+        self.sendgrid_webhook_answers.append(status)
+        self.callbacks_sent += 1
+        return status
 
 
 class ServerThread:

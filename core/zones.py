@@ -1,0 +1,126 @@
+"""Recipients' time zones and send windows (quiet hours, SPEC §10).
+
+A recipient's zone is the contact's own `timezone`, else the zone of its phone number's country
+when that country keeps one clock (phonenumbers' time zone data), else the default
+(`CAMPAIGNS_DEFAULT_TIMEZONE`). A send window is "HH:MM"-"HH:MM" of local time, start < end
+("24:00" may end it); a message goes out only while its recipient's clock is inside it."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, time, timedelta
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+import phonenumbers
+from phonenumbers.tzdata import TIMEZONE_DATA
+
+HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]|24:00")
+UNKNOWN_ZONE = "Etc/Unknown"
+
+
+@lru_cache(maxsize=1)
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def is_zone(name: str) -> bool:
+    """True for an IANA time zone name this machine knows (e.g. "Europe/Paris", "UTC")."""
+    return isinstance(name, str) and name in _zones()
+
+
+@lru_cache(maxsize=4096)
+def zone(name: str) -> ZoneInfo:
+    """The ZoneInfo of a known name (cached)."""
+    return ZoneInfo(name)
+
+
+def _same_clock(names: tuple[str, ...]) -> bool:
+    """True if these zones show the same time all year (links such as Europe/Jersey and
+    Europe/London): compared at the solstices and equinoxes of this year and the next."""
+    year = datetime.now(UTC).year
+    instants = [datetime(y, m, 21, 12, tzinfo=UTC) for y in (year, year + 1) for m in (1, 3, 6, 9, 12)]
+    try:
+        offsets = {tuple(instant.astimezone(zone(n)).utcoffset() for instant in instants) for n in names}
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return len(offsets) == 1
+
+
+@lru_cache(maxsize=1024)
+def country_zone(country_code: int) -> str | None:
+    """The zone of a calling code's country when it keeps one clock (France → Europe/Paris),
+    else None (the United States, Russia, Australia...)."""
+    names = tuple(n for n in TIMEZONE_DATA.get(str(country_code), ()) if n != UNKNOWN_ZONE and is_zone(n))
+    if not names or not _same_clock(names):
+        return None
+    return sorted(names)[-1] if len(names) > 1 else names[0]
+
+
+def phone_zone(phone: str | None) -> str | None:
+    """The zone phonenumbers gives the number's country, if that country has one."""
+    if not phone:
+        return None
+    try:
+        number = phonenumbers.parse(phone, None)
+    except phonenumbers.NumberParseException:
+        return None
+    return country_zone(number.country_code) if number.country_code else None
+
+
+def recipient_zone(explicit: str | None, phone: str | None, default: str) -> str:
+    """The zone a recipient's send window is read in."""
+    if explicit and is_zone(explicit):
+        return explicit
+    return phone_zone(phone) or default
+
+
+# -- send windows --
+
+
+def _clock(text: str) -> tuple[int, int]:
+    hours, minutes = text.split(":")
+    return int(hours), int(minutes)
+
+
+def window_minutes(window: dict[str, Any]) -> tuple[int, int]:
+    """(start, end) in minutes after local midnight."""
+    sh, sm = _clock(window["start"])
+    eh, em = _clock(window["end"])
+    return sh * 60 + sm, eh * 60 + em
+
+
+def is_open(window: dict[str, Any] | None, zone_name: str, now: datetime) -> bool:
+    """True if `now` (aware, or naive UTC) is inside the window in that zone."""
+    if not window:
+        return True
+    start, end = window_minutes(window)
+    local = _aware(now).astimezone(zone(zone_name))
+    minute = local.hour * 60 + local.minute
+    return start <= minute < end
+
+
+def next_open(window: dict[str, Any], zone_name: str, now: datetime) -> datetime:
+    """When the window next opens in that zone (aware UTC): `now` itself if it is open."""
+    if is_open(window, zone_name, now):
+        return _aware(now).astimezone(UTC)
+    start, _end = window_minutes(window)
+    tz = zone(zone_name)
+    local = _aware(now).astimezone(tz)
+    for days in range(0, 3):
+        day = (local + timedelta(days=days)).date()
+        # A start in a DST gap (02:30 on the spring-forward night) is read as the clock after it.
+        opening = datetime.combine(day, time(start // 60, start % 60), tzinfo=tz)
+        opening_utc = opening.astimezone(UTC)
+        if opening_utc > _aware(now):
+            return opening_utc
+    return _aware(now + timedelta(days=1))  # unreachable for start < end
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _naive(moment: datetime) -> datetime:
+    return _aware(moment).astimezone(UTC).replace(tzinfo=None)
