@@ -18,8 +18,10 @@ from prefect.exceptions import Pause
 from prefect.states import Cancelled, Failed
 
 from channels.base import ProviderConfigError
-from core import counts, ledger, lifecycle, runs, slots, zones
+from core import counts, ledger, lifecycle, runs, slots, tracking, zones
+from core.channels import build_channel
 from core.db import get_engine, get_read_engine, in_session, run_in_session
+from core.delivery import MeteredChannel
 from core.errors import InsufficientCredits
 from core.lifecycle import FailureReason
 from core.logs import campaign_id_var
@@ -262,30 +264,46 @@ async def _open_ranges(campaign_id: str, chunk_size: int, window: dict[str, str]
 
 async def _wait_for_window(campaign_id: str, window: dict[str, str]) -> bool:
     """Sleep until the send window opens for some recipient still waiting (the artifacts say
-    so); False if the campaign stopped sending meanwhile, or if nobody waits any more."""
+    so), looking up the receipts of what was sent meanwhile; False if the campaign stopped
+    sending, or if nobody waits any more."""
+    settings = get_settings()
+    engine = get_engine(settings)
+    campaign = await _db(lifecycle.load, campaign_id)
+    receipts = MeteredChannel(
+        build_channel(campaign.channel, settings), settings.channel(campaign.channel).provider
+    )
     said = None
-    while True:
-        if await _db(lifecycle.status_of, campaign_id) != S.processing:
-            return False
-        waiting = await _db(ledger.waiting_zones, campaign_id=campaign_id)
-        if not waiting:
-            return False
-        now = utcnow()
-        opening = min(zones.next_open(window, zone, now) for zone in waiting)
-        wait = (opening - now).total_seconds()
-        if wait <= 0:
-            return True
-        if said != opening:
-            get_run_logger().info(
-                "campaign %s: %s messages wait for their send window (%s-%s local); next opens at %s",
-                campaign_id,
-                sum(waiting.values()),
-                window["start"],
-                window["end"],
-                iso_z(opening),
-            )
-            said = opening
-        await asyncio.sleep(min(wait, WINDOW_CHECK_S))
+    await receipts.open()
+    try:
+        while True:
+            if await _db(lifecycle.status_of, campaign_id) != S.processing:
+                return False
+            waiting = await _db(ledger.waiting_zones, campaign_id=campaign_id)
+            if not waiting:
+                return False
+            now = utcnow()
+            opening = min(zones.next_open(window, zone, now) for zone in waiting)
+            wait = (opening - now).total_seconds()
+            if wait <= 0:
+                return True
+            if said != opening:
+                get_run_logger().info(
+                    "campaign %s: %s messages wait for their send window (%s-%s local); next opens at %s",
+                    campaign_id,
+                    sum(waiting.values()),
+                    window["start"],
+                    window["end"],
+                    iso_z(opening),
+                )
+                said = opening
+            try:  # receipts of what went out keep arriving while the others wait
+                await in_session(engine, tracking.replay_events, campaign_id=campaign_id)
+                await tracking.poll_once(engine, receipts, campaign_id)
+            except Exception as exc:  # the receipt wait after dispatch retries; never fail here
+                log.warning("receipts of %s not polled: %s", campaign_id, exc)
+            await asyncio.sleep(min(wait, max(WINDOW_CHECK_S, settings.delivery.poll_interval_s)))
+    finally:
+        await receipts.close()
 
 
 async def _send_chunks(settings: Settings, campaign: Any, chunks: list[tuple[int, int]]) -> None:
