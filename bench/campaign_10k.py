@@ -7,10 +7,13 @@ end-to-end time, and the peak RSS (VmHWM) of the flow-run process.
 
     python bench/campaign_10k.py [--recipients 10000] [--latency-ms 0] [--chunk-size 1000]
     python bench/campaign_10k.py --provider twilio --latency-ms 20   # against the Twilio fake
+    python bench/campaign_10k.py --provider twilio --latency-ms 20 --callbacks  # + status callbacks
 
 With --provider twilio the fake Twilio server (tests/providers/fake_server.py) runs in its own
 process on loopback, adding --latency-ms to every request; pacing is lifted
-(CAMPAIGNS_SMS__RATE_PER_SECOND=0) and --concurrency requests are kept in flight.
+(CAMPAIGNS_SMS__RATE_PER_SECOND=0) and --concurrency requests are kept in flight. --callbacks sets
+CAMPAIGNS_PUBLIC_URL to serve's address, so the fake posts status callbacks to it; the status
+lookups the campaign made are printed from GET /metrics.
 """
 
 from __future__ import annotations
@@ -154,6 +157,17 @@ def orchestration_figures(prefect_api: str, campaign_id: str, settings: Settings
     }
 
 
+def provider_lookups(url: str, provider: str) -> float:
+    """Answered status/sent-message lookups of `provider` so far, from GET /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    total = 0.0
+    for line in text.splitlines():
+        counted = line.startswith("campaigns_provider_requests_total{") and 'outcome="lookup"' in line
+        if counted and f'provider="{provider}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipients", type=int, default=10_000)
@@ -169,6 +183,9 @@ def main() -> int:
     )
     parser.add_argument("--chunk-run-size", type=int, default=None, help="CAMPAIGNS_CHUNK_RUN_SIZE")
     parser.add_argument("--chunk-concurrency", type=int, default=2, help="CAMPAIGNS_CHUNK_CONCURRENCY")
+    parser.add_argument(
+        "--callbacks", action="store_true", help="CAMPAIGNS_PUBLIC_URL = serve's URL (status callbacks)"
+    )
     parser.add_argument("--database-url", default=None, help="CAMPAIGNS_DATABASE_URL (default: SQLite)")
     parser.add_argument(
         "--no-get-latency", action="store_true", help="do not time GETs from a second client meanwhile"
@@ -192,6 +209,8 @@ def main() -> int:
     )
     if args.chunk_run_size:
         env["CAMPAIGNS_CHUNK_RUN_SIZE"] = str(args.chunk_run_size)
+    if args.callbacks:
+        env["CAMPAIGNS_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
     if args.database_url:
         env["CAMPAIGNS_DATABASE_URL"] = args.database_url
     fake = None
@@ -281,6 +300,13 @@ def main() -> int:
                 f"flow start → first message {orchestration['start_to_first_s']:.1f} s"
             )
         print(f"chunks:                   {'flow runs (distributed)' if args.distribute else 'task runs'}")
+        if args.provider != "sandbox":
+            lookups = provider_lookups(url, args.provider)
+            share = 100 * lookups / max(total, 1)
+            print(
+                f"status lookups:           {lookups:,.0f} = {share:.1f} % of messages "
+                f"({'with' if args.callbacks else 'without'} status callbacks)"
+            )
         print(f"flow-run process peak RSS: {rss.peak_kb / 1024:.0f} MB")
         if latency.enabled:
             print(

@@ -6,9 +6,11 @@ recipient, 4xx replies are transient and 5xx permanent; a dropped connection is 
 from __future__ import annotations
 
 import asyncio
+import email.policy
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from typing import Any
 
 import aiosmtplib
 from pydantic import BaseModel, SecretStr
@@ -58,6 +60,45 @@ def build_email(message: OutboundMessage, message_id: str) -> EmailMessage:
     if message.html is not None:
         email.add_alternative(message.html, subtype="html", charset="utf-8")
     return email
+
+
+# Header lines up to SMTP's 998: an unfoldable header longer than 78 characters (the one-click
+# List-Unsubscribe URL) would otherwise go out as an RFC 2047 encoded-word, which RFC 2369 and
+# RFC 8058 do not allow there and mailbox providers then ignore. (aiosmtplib's send_message
+# flattens with 78.)
+MAX_HEADER_LINE = 998
+
+
+def wire_bytes(message: EmailMessage, *, utf8: bool = False, eight_bit: bool = True) -> bytes:
+    """The message as it goes on the wire: CRLF line ends, headers unfolded up to 998
+    characters, 8-bit bodies only where the relay takes 8BITMIME."""
+    policy = (email.policy.SMTPUTF8 if utf8 else email.policy.SMTP).clone(
+        max_line_length=MAX_HEADER_LINE, cte_type="8bit" if eight_bit else "7bit"
+    )
+    return message.as_bytes(policy=policy)
+
+
+async def transmit(smtp: aiosmtplib.SMTP, message: EmailMessage, sender: str, to: str) -> Any:
+    """MAIL/RCPT/DATA of one message with our own flattening (see MAX_HEADER_LINE), choosing
+    SMTPUTF8 and 8BITMIME as aiosmtplib's send_message does."""
+    if smtp.is_ehlo_or_helo_needed:
+        try:
+            await smtp.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            await smtp.helo()
+    options = []
+    utf8 = not (sender + to).isascii()
+    if utf8:
+        if not smtp.supports_extension("smtputf8"):
+            raise PermanentSendError(
+                "the address is not ASCII and the relay does not support SMTPUTF8", code="smtputf8"
+            )
+        options.append("SMTPUTF8")
+    eight_bit = smtp.supports_extension("8bitmime")
+    if eight_bit:
+        options.append("BODY=8BITMIME")
+    data = wire_bytes(message, utf8=utf8, eight_bit=eight_bit)
+    return await smtp.sendmail(sender, [to], data, mail_options=options)
 
 
 def _classify(code: int, text: str) -> Exception:
@@ -119,9 +160,7 @@ class SmtpChannel(NoSentLookup):
             if self.smtp is None or not self.smtp.is_connected:
                 self.smtp = await self._connect()
             try:
-                refused, _reply = await self.smtp.send_message(
-                    email, sender=message.sender, recipients=[message.to]
-                )
+                refused, _reply = await transmit(self.smtp, email, message.sender, message.to)
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 first = exc.recipients[0]
                 raise _classify(first.code, first.message) from exc

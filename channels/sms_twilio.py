@@ -91,6 +91,9 @@ class TwilioChannel(HttpAdapter):
             raise ProviderConfigError("Twilio needs CAMPAIGNS_TWILIO__ACCOUNT_SID and __AUTH_TOKEN")
         self.settings = settings
         self.public_url = public_url
+        # With a public URL Twilio posts every status change to our webhook: lookups are then
+        # only for messages whose callback is overdue (core/tracking.py).
+        self.receipts_pushed = bool(public_url)
         super().__init__(
             settings.base_url,
             transport=transport,

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import QueuePool
 from sqlmodel import Session
 
+from core import unsubscribe
 from core.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -163,3 +164,5 @@ def migrate(settings: Settings) -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
         connection.commit()
+    with session_scope(engine) as session:  # the product's own keys exist before anyone signs
+        unsubscribe.ensure_key(session)

@@ -62,6 +62,7 @@ class MeteredChannel:
         self.default_concurrency = channel.default_concurrency
         self.supports_status_lookup = channel.supports_status_lookup
         self.sent_lookup_delay_s = channel.sent_lookup_delay_s
+        self.receipts_pushed: bool = getattr(channel, "receipts_pushed", False)
         self._record = (accumulator or metrics.default).provider_request
 
     async def open(self) -> None:

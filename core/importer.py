@@ -128,7 +128,7 @@ def _clean(raw: Any, known_lists: set[str]) -> tuple[dict[str, Any] | None, str 
     if not isinstance(raw, dict):
         return None, "row is not an object"
     if has_nul(raw):
-        return None, "strings must not contain NUL characters"
+        return None, "strings must not contain NUL characters or unpaired surrogates"
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
         return None, f"name is required (1-{MAX_NAME} characters)"

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, or_, select, update
 from sqlmodel import Session, col
 
-from core import credits, optout, tracking, webhooks
+from core import credits, optout, tracking, webhooks, zones
 from core.attempts import has_live_attempts, live_filter
 from core.counts import refresh_counts
 from core.timeutil import utcnow
@@ -319,8 +319,11 @@ def finalize_stopped(session: Session, *, campaign_id: str, cancelled: bool) -> 
     return True
 
 
-def unsent_in_range(session: Session, campaign_id: str, start: int, end: int) -> int:
-    """Messages of a seq range not yet handed to the provider (pending or claimed)."""
+def unsent_in_range(
+    session: Session, campaign_id: str, start: int, end: int, zones: Sequence[str] | None = None
+) -> int:
+    """Messages of a seq range not yet handed to the provider (pending or claimed); with
+    `zones`, only those of recipients in these time zones."""
     return int(
         session.execute(
             select(func.count()).where(
@@ -328,6 +331,7 @@ def unsent_in_range(session: Session, campaign_id: str, start: int, end: int) ->
                 col(Message.seq) >= start,
                 col(Message.seq) < end,
                 col(Message.status).in_([MessageStatus.pending, MessageStatus.sending]),
+                *_zone_filter(zones),
             )
         ).scalar_one()
     )
@@ -350,6 +354,14 @@ def open_ranges(
         )
     ).scalars()
     return [(k * chunk_size, min((k + 1) * chunk_size, total)) for k in sorted(int(k) for k in open_seqs)]
+
+
+def open_zones(session: Session, *, campaign_id: str, window: dict[str, str] | None) -> list[str] | None:
+    """The time zones of unsent messages whose send window is open now (None: no window)."""
+    if not window:
+        return None
+    now = utcnow()
+    return [z for z in waiting_zones(session, campaign_id=campaign_id) if zones.is_open(window, z, now)]
 
 
 def waiting_zones(session: Session, *, campaign_id: str) -> dict[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import delete, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from core.timeutil import utcnow
@@ -108,20 +109,22 @@ def _start(session: Session, contact_ids: list[str]) -> int:
 
 def leave_channel(session: Session, *, channel: str, contact_ids: Sequence[str]) -> int:
     """Opt contacts out of one channel only (an email unsubscribe, a bounce or spam report, a
-    blocked bot): they stay active on every other channel. Idempotent; returns rows added."""
+    blocked bot): they stay active on every other channel. Idempotent, also when two requests
+    race (INSERT … ON CONFLICT DO NOTHING); returns rows added."""
     wanted = list(dict.fromkeys(contact_ids))
     if not wanted:
         return 0
-    known = set(
-        session.exec(
-            select(col(ChannelOptOut.contact_id)).where(
-                col(ChannelOptOut.contact_id).in_(wanted), col(ChannelOptOut.channel) == channel
-            )
-        ).all()
-    )
     now = utcnow()
-    new = [cid for cid in wanted if cid not in known]
-    session.add_all(ChannelOptOut(contact_id=cid, channel=channel, created_at=now) for cid in new)
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = ChannelOptOut.__table__  # type: ignore[attr-defined]
+    added = session.execute(
+        insert(table)
+        .values([{"contact_id": cid, "channel": channel, "created_at": now} for cid in wanted])
+        .on_conflict_do_nothing(index_elements=["contact_id", "channel"])
+        .returning(table.c.contact_id)
+    ).scalars()
+    new = list(added)
     if new:
         session.execute(update(Contact).where(col(Contact.id).in_(new)).values(updated_at=now))
     session.flush()

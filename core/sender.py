@@ -282,6 +282,12 @@ class ChunkSender:
                 failed(message, row["contact_id"], ErrorCode.opted_out, "contact opted out before sending")
             )
             return
+        may_send = self.may_send
+        if self._window is not None:  # checked again before every request: pacing and retries wait
+
+            def may_send() -> bool:
+                return self.may_send() and not self._outside_window(row)
+
         try:
             outcome = await outcome_of(
                 channel,
@@ -289,11 +295,19 @@ class ChunkSender:
                 message,
                 row["contact_id"],
                 self.policy,
-                may_send=self.may_send,
+                may_send=may_send,
                 on_request=lambda: self._unsent.discard(row["id"]),
             )
         except Stopped:
-            return  # still in _unsent: handed back
+            # deliver() stops only while the provider does not have the message (before its
+            # first request, or after an answer that refused it): it is handed back, also when
+            # a 429's wait was under way.
+            if self._outside_window(row):
+                self._unsent.discard(row["id"])  # its window closed meanwhile: it waits
+                self._held.add(row["id"])
+            else:
+                self._unsent.add(row["id"])
+            return
         except ProviderConfigError:
             self._unsent.add(row["id"])  # refused before sending: handed back too
             raise

@@ -19,6 +19,9 @@ from models import Campaign, ErrorCode, Message, MessageStatus, StatusEvent
 from models.enums import FINAL_CAMPAIGN_STATUSES, MESSAGE_STATUS_RANK
 
 POLL_BATCH = 1000
+# Where the provider pushes receipts (Twilio with CAMPAIGNS_PUBLIC_URL), a message is looked up
+# only once its callback is this late: carriers' delivery reports take seconds, rarely minutes.
+CALLBACK_OVERDUE_S = 120.0
 POLL_CONCURRENCY = 32
 EVENT_TTL = timedelta(days=7)
 
@@ -132,9 +135,13 @@ def nonfinal_count(session: Session, campaign_id: str) -> int:
 
 
 async def poll_once(engine: Engine, channel: Channel, campaign_id: str) -> int:
-    """Ask the provider about every `sent` message once; returns how many became final."""
+    """Ask the provider about every `sent` message once (where it pushes receipts: only those
+    whose callback is overdue); returns how many became final."""
     if not channel.supports_status_lookup:
         return 0
+    overdue = []
+    if getattr(channel, "receipts_pushed", False):
+        overdue = [col(Message.sent_at) < utcnow() - timedelta(seconds=CALLBACK_OVERDUE_S)]
     last_seq = -1
     resolved = 0
     semaphore = asyncio.Semaphore(POLL_CONCURRENCY)
@@ -148,6 +155,7 @@ async def poll_once(engine: Engine, channel: Channel, campaign_id: str) -> int:
                         col(Message.campaign_id) == campaign_id,
                         col(Message.status) == MessageStatus.sent,
                         col(Message.seq) > after,
+                        *overdue,
                     )
                     .order_by(col(Message.seq))
                     .limit(POLL_BATCH)

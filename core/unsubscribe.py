@@ -87,8 +87,10 @@ class Signer:
         return (account_id, contact_id) if sep and account_id and contact_id else None
 
 
-def _stored_key(session: Session) -> bytes:
-    """The product's own key, made on first use (a concurrent first use keeps the winner's)."""
+def ensure_key(session: Session) -> bytes:
+    """The product's own key, made on first use (a concurrent first use keeps the winner's).
+    `migrate` calls this in a transaction of its own, so the key is committed before any
+    process signs or checks a link."""
     row = session.get(AppSecret, KEY_NAME)
     if row is None:
         try:
@@ -111,7 +113,10 @@ def signer(session: Session, settings: Settings) -> Signer:
     with _keys_lock:
         key = _keys.get(url)
     if key is None:
-        key = _stored_key(session)
+        stored = session.get(AppSecret, KEY_NAME)
+        if stored is None:  # a database `migrate` never saw: made here, but not cached until
+            return Signer(ensure_key(session), base)  # a later read finds it committed
+        key = stored.value.encode()
         with _keys_lock:
             _keys[url] = key
     return Signer(key, base)

@@ -1,15 +1,19 @@
 """Recipients' time zones and send windows (quiet hours, SPEC §10).
 
 A recipient's zone is the contact's own `timezone`, else the zone of its phone number's country
-when that country keeps one clock (phonenumbers' time zone data), else the default
+(phonenumbers) when that country keeps one clock (the tz database's zone.tab), else the default
 (`CAMPAIGNS_DEFAULT_TIMEZONE`). A send window is "HH:MM"-"HH:MM" of local time, start < end
 ("24:00" may end it); a message goes out only while its recipient's clock is inside it."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 from datetime import UTC, datetime, time, timedelta
 from functools import lru_cache
+from importlib import resources
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -17,7 +21,7 @@ import phonenumbers
 from phonenumbers.tzdata import TIMEZONE_DATA
 
 HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]|24:00")
-UNKNOWN_ZONE = "Etc/Unknown"
+log = logging.getLogger("campaigns.zones")
 
 
 @lru_cache(maxsize=1)
@@ -32,8 +36,13 @@ def is_zone(name: str) -> bool:
 
 @lru_cache(maxsize=4096)
 def zone(name: str) -> ZoneInfo:
-    """The ZoneInfo of a known name (cached)."""
-    return ZoneInfo(name)
+    """The ZoneInfo of a name (cached); a zone this machine does not know (a message's zone
+    fixed on a machine with newer time zone data) is read as UTC rather than failing."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("unknown time zone %r: read as UTC", name)
+        return ZoneInfo("UTC")
 
 
 def _same_clock(names: tuple[str, ...]) -> bool:
@@ -41,32 +50,61 @@ def _same_clock(names: tuple[str, ...]) -> bool:
     Europe/London): compared at the solstices and equinoxes of this year and the next."""
     year = datetime.now(UTC).year
     instants = [datetime(y, m, 21, 12, tzinfo=UTC) for y in (year, year + 1) for m in (1, 3, 6, 9, 12)]
-    try:
-        offsets = {tuple(instant.astimezone(zone(n)).utcoffset() for instant in instants) for n in names}
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
+    offsets = {tuple(instant.astimezone(zone(n)).utcoffset() for instant in instants) for n in names}
     return len(offsets) == 1
 
 
+@lru_cache(maxsize=1)
+def _country_zones() -> dict[str, tuple[str, ...]]:
+    """ISO country code → its IANA zones, main one first, from the time zone database's own
+    zone.tab (shipped by the tzdata package; the system's copy otherwise)."""
+    text = ""
+    try:
+        text = resources.files("tzdata").joinpath("zoneinfo/zone.tab").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError, OSError):
+        with contextlib.suppress(OSError):
+            text = Path("/usr/share/zoneinfo/zone.tab").read_text(encoding="utf-8")
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 3 and not line.startswith("#") and is_zone(fields[2]):
+            out.setdefault(fields[0], []).append(fields[2])
+    return {country: tuple(names) for country, names in out.items()}
+
+
 @lru_cache(maxsize=1024)
-def country_zone(country_code: int) -> str | None:
-    """The zone of a calling code's country when it keeps one clock (France → Europe/Paris),
-    else None (the United States, Russia, Australia...)."""
-    names = tuple(n for n in TIMEZONE_DATA.get(str(country_code), ()) if n != UNKNOWN_ZONE and is_zone(n))
+def country_zone(country: str) -> str | None:
+    """The zone of a country (ISO code) that keeps one clock: FR → Europe/Paris, PR →
+    America/Puerto_Rico, DE → Europe/Berlin (Busingen keeps Berlin's clock); None for the
+    United States, Canada, Russia, Australia..."""
+    names = _country_zones().get(country, ())
     if not names or not _same_clock(names):
         return None
-    return sorted(names)[-1] if len(names) > 1 else names[0]
+    return names[0]
 
 
 def phone_zone(phone: str | None) -> str | None:
-    """The zone phonenumbers gives the number's country, if that country has one."""
+    """The zone of the number's country, if that country has one (phonenumbers tells the
+    country: +1 787 is Puerto Rico, +1 415 the United States)."""
     if not phone:
         return None
     try:
         number = phonenumbers.parse(phone, None)
     except phonenumbers.NumberParseException:
         return None
-    return country_zone(number.country_code) if number.country_code else None
+    code = number.country_code or 0
+    region = phonenumbers.region_code_for_number(number) or phonenumbers.region_code_for_country_code(code)
+    found = country_zone(region) if region and region != "001" else None
+    # The tz database splits a few countries whose people keep one official clock (China's
+    # Asia/Urumqi): phonenumbers' zones of the calling code decide there.
+    return found or calling_code_zone(code)
+
+
+@lru_cache(maxsize=1024)
+def calling_code_zone(code: int) -> str | None:
+    """The one clock phonenumbers gives a whole calling code (+86 → Asia/Shanghai), if one."""
+    names = tuple(n for n in TIMEZONE_DATA.get(str(code), ()) if is_zone(n))
+    return names[0] if names and _same_clock(names) else None
 
 
 def recipient_zone(explicit: str | None, phone: str | None, default: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -204,14 +205,17 @@ async def _wait_until_due(campaign_id: str) -> str:
 async def _dispatch(settings: Settings, campaign_id: str) -> str:
     """Send every chunk, holding the sender's slot; processing → sent once nothing is unsent.
     A pass whose chunks stopped early (a lost lease) is followed by another, a few times. With
-    a send window, each round sends to the recipients inside theirs, then the run sleeps (slot
-    released) until the next window opens for someone still waiting."""
+    a send window, each round sends to the recipients inside theirs (rounds go on while they
+    make progress), then the run sleeps (slot released) until the next window opens for
+    someone still waiting."""
     campaign = await _db(lifecycle.load, campaign_id)
     window = campaign.send_window
     real_provider = settings.channel(campaign.channel).provider != "sandbox"
     size = chunk_run_size(settings, campaign.total_recipients) if settings.distribute_chunks else None
+    stalled, round_key = 0, ""
     try:
         while True:
+            before = await _db(ledger.unsent_in_range, campaign_id, 0, campaign.total_recipients + 1)
             slot: Any = contextlib.nullcontext()
             if settings.global_limits and real_provider:
                 name = slots.slot_name(campaign.channel, campaign.sender_value)
@@ -224,14 +228,20 @@ async def _dispatch(settings: Settings, campaign_id: str) -> str:
                 for _pass in range(DISPATCH_PASSES):
                     if not chunks:
                         break
-                    await _send_chunks(settings, campaign, chunks)
+                    await _send_chunks(settings, campaign, chunks, round_key)
                     if await _db(lifecycle.status_of, campaign_id) != S.processing:
                         break
                     chunks = await _open_ranges(campaign_id, size or settings.chunk_size, window)
-            if not window or chunks or await _db(lifecycle.status_of, campaign_id) != S.processing:
+            if not window or await _db(lifecycle.status_of, campaign_id) != S.processing:
                 break
-            if not await _wait_for_window(campaign_id, window):
+            if chunks:  # recipients inside their window are still unsent after the passes
+                after = await _db(ledger.unsent_in_range, campaign_id, 0, campaign.total_recipients + 1)
+                stalled = stalled + 1 if after >= before else 0
+                if stalled >= DISPATCH_PASSES:
+                    break  # no progress: failed below, as without a window
+            elif not await _wait_for_window(campaign_id, window):
                 break
+            round_key = f":w{int(time.time())}"  # the next round's chunk runs are new ones
     except ProviderConfigError as exc:
         log.error("campaign %s: the provider refused our credentials: %s", campaign_id, exc)
         await _db(lifecycle.fail, campaign_id=campaign_id, reason=FailureReason.provider_credentials)
@@ -250,13 +260,9 @@ async def _dispatch(settings: Settings, campaign_id: str) -> str:
 
 async def _open_ranges(campaign_id: str, chunk_size: int, window: dict[str, str] | None) -> list[Any]:
     """The ranges still holding unsent messages (with a window: of recipients inside theirs)."""
-    open_zones = None
-    if window:
-        now = utcnow()
-        waiting = await _db(ledger.waiting_zones, campaign_id=campaign_id)
-        open_zones = [zone for zone in waiting if zones.is_open(window, zone, now)]
-        if not open_zones:
-            return []
+    open_zones = await _db(ledger.open_zones, campaign_id=campaign_id, window=window)
+    if open_zones == []:
+        return []
     return list(
         await _db(ledger.open_ranges, campaign_id=campaign_id, chunk_size=chunk_size, zones=open_zones)
     )
@@ -306,11 +312,19 @@ async def _wait_for_window(campaign_id: str, window: dict[str, str]) -> bool:
         await receipts.close()
 
 
-async def _send_chunks(settings: Settings, campaign: Any, chunks: list[tuple[int, int]]) -> None:
+async def _send_chunks(
+    settings: Settings, campaign: Any, chunks: list[tuple[int, int]], round_key: str = ""
+) -> None:
     """One pass over the ranges (the heartbeat shows the progress by messages)."""
     if settings.distribute_chunks:  # chunk flow runs, taken by any worker (several workers, cores)
         await run_chunks_as_flow_runs(
-            settings, campaign.id, campaign.channel, campaign.control_version, chunks
+            settings,
+            campaign.id,
+            campaign.channel,
+            campaign.control_version,
+            chunks,
+            campaign.send_window,
+            round_key,
         )
     else:  # chunk task runs inside this process
         await _run_chunk_tasks(settings, campaign.id, campaign.channel, chunks)

@@ -104,8 +104,14 @@ async def _tag_self(tag: str) -> None:
         get_run_logger().warning("could not tag the chunk run: %s", exc)
 
 
-async def _unsent(settings: Settings, campaign_id: str, start: int, end: int) -> int:
-    return int(await in_session(get_read_engine(settings), ledger.unsent_in_range, campaign_id, start, end))
+async def _unsent(
+    settings: Settings, campaign_id: str, start: int, end: int, window: dict[str, str] | None
+) -> int:
+    """Unsent messages of the range (with a send window: of recipients inside theirs now; the
+    others wait for the next round)."""
+    engine = get_read_engine(settings)
+    zones = await in_session(engine, ledger.open_zones, campaign_id=campaign_id, window=window)
+    return int(await in_session(engine, ledger.unsent_in_range, campaign_id, start, end, zones))
 
 
 async def _sending(settings: Settings, campaign_id: str) -> bool:
@@ -142,10 +148,20 @@ async def _wait_final(run_id: Any, start_timeout_s: float) -> FlowRun:
 
 
 async def run_chunk_until_done(
-    settings: Settings, campaign_id: str, channel: str, version: int, start: int, end: int, share: float
+    settings: Settings,
+    campaign_id: str,
+    channel: str,
+    version: int,
+    start: int,
+    end: int,
+    share: float,
+    window: dict[str, str] | None = None,
+    round_key: str = "",
 ) -> None:
-    """Run one range as chunk flow runs until none of it is unsent, the campaign stops sending
-    (paused, cancelled, failed), or the attempts run out (then the campaign fails)."""
+    """Run one range as chunk flow runs until none of it is unsent (with a send window: none
+    of the recipients inside theirs), the campaign stops sending (paused, cancelled, failed),
+    or the attempts run out (then the campaign fails). `round_key` tells the rounds of a
+    windowed campaign apart (each window opening starts new chunk runs)."""
     logger = get_run_logger()
     for attempt in range(1, settings.chunk_run_attempts + 1):
         if not await _sending(settings, campaign_id):
@@ -160,7 +176,7 @@ async def run_chunk_until_done(
                 "share": share,
             },
             timeout=0,
-            idempotency_key=f"{campaign_id}:v{version}:{start}-{end}:{attempt}",
+            idempotency_key=f"{campaign_id}:v{version}{round_key}:{start}-{end}:{attempt}",
             tags=["campaigns", f"campaign:{campaign_id}"],
         )
         finished = await _wait_final(run.id, 3 * settings.heartbeat_s)
@@ -168,7 +184,7 @@ async def run_chunk_until_done(
         assert state is not None
         if not await _sending(settings, campaign_id):
             return
-        if state.is_completed() and await _unsent(settings, campaign_id, start, end) == 0:
+        if state.is_completed() and await _unsent(settings, campaign_id, start, end, window) == 0:
             return
         if state.is_failed():
             raise ChunkRunFailed(f"chunk {start}-{end} failed: {state.message}")
@@ -193,6 +209,8 @@ async def run_chunks_as_flow_runs(
     channel: str,
     version: int,
     chunks: list[tuple[int, int]],
+    window: dict[str, str] | None = None,
+    round_key: str = "",
 ) -> None:
     """Run every range as chunk flow runs, `chunk_concurrency` at a time, each sending at
     1/`chunk_concurrency` of the sender's rate (together: the sender's rate)."""
@@ -201,6 +219,8 @@ async def run_chunks_as_flow_runs(
 
     async def one(start: int, end: int) -> None:
         async with semaphore:
-            await run_chunk_until_done(settings, campaign_id, channel, version, start, end, 1.0 / in_flight)
+            await run_chunk_until_done(
+                settings, campaign_id, channel, version, start, end, 1.0 / in_flight, window, round_key
+            )
 
     await asyncio.gather(*(one(s, e) for s, e in chunks))

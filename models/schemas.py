@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -36,14 +37,19 @@ SlackUserId = Annotated[StrictStr, Field(max_length=64)]
 Zone = Annotated[StrictStr, Field(min_length=1, max_length=64, examples=["Europe/Paris"])]
 
 
+# NUL (PostgreSQL refuses to store it) and unpaired UTF-16 surrogates ("\ud800" is valid JSON
+# but no UTF-8 text: the database and the JSON encoder refuse it).
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def has_nul(value: Any) -> bool:
-    """True if a NUL character is in any string of a JSON value (PostgreSQL refuses to store one).
+    """True if a NUL character or an unpaired surrogate is in any string of a JSON value.
     Iterative: a body nested hundreds of levels deep must not overflow the stack."""
     todo = [value]
     while todo:
         item = todo.pop()
         if isinstance(item, str):
-            if "\x00" in item:
+            if UNSTORABLE.search(item):
                 return True
         elif isinstance(item, dict):
             todo.extend(item.keys())
@@ -60,7 +66,7 @@ class _Body(BaseModel):
     @classmethod
     def _no_nul(cls, data: Any) -> Any:
         if has_nul(data):
-            raise ValueError("strings must not contain NUL characters")
+            raise ValueError("strings must not contain NUL characters or unpaired surrogates")
         return data
 
 

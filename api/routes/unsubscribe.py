@@ -81,7 +81,7 @@ async def confirm_page(request: Request, token: str) -> Response:
     contact = await in_db(request, lambda s: unsubscribe.find_contact(s, settings, token), write=False)
     content = (
         f"<p>Stop receiving campaign emails at <strong>{escape(_masked(contact.email))}</strong>?</p>\n"
-        f'<form method="post" action="{escape(request.url.path, quote=True)}">\n'
+        '<form method="post" action="">\n'
         '<input type="hidden" name="List-Unsubscribe" value="One-Click">\n'
         '<button type="submit">Unsubscribe</button>\n'
         "</form>\n"

@@ -204,6 +204,12 @@ async def test_an_html_email_is_multipart_with_one_click_unsubscribe(
     match = re.fullmatch(r"<(https://campaigns\.example\.com(/v1/unsubscribe/[A-Za-z0-9_.-]+))>", header)
     assert match, header
     url, path = match.groups()
+    # On the wire the header is the URL itself, on one line: no RFC 2047 encoded-word, which
+    # RFC 2369/8058 do not allow there (the 78-column folding of aiosmtplib produced one).
+    raw = next(c for _f, _to, c in smtp.handler.messages if b"News for Ada" in c)
+    assert f"\r\nList-Unsubscribe: <{url}>\r\n".encode() in raw
+    assert b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in raw
+    assert email.message_from_bytes(raw)["List-Unsubscribe"] == f"<{url}>"  # compat32 parser
     assert text.get_content().startswith(f"Hi Ada <Lovelace>, read on. Leave: {url}")
     assert "<b>Ada &lt;Lovelace&gt;</b> &amp; R&amp;D" in html.get_content()  # escaped in HTML only
     assert f'href="{url}"' in html.get_content()
@@ -286,3 +292,14 @@ def test_the_html_confirmation_after_a_browser_post(
     # A deleted contact's link is a 404 too.
     client.delete(f"/v1/contacts/{contact_id}", headers=mail.headers)
     assert_error(client.post(f"/v1/unsubscribe/{token}"), 404, "not_found")
+
+
+def test_an_unpaired_surrogate_is_a_400_not_a_500(client: TestClient, mail: Tenant) -> None:
+    import json
+
+    for field in ("html", "body", "subject"):
+        raw = json.dumps(email_body(mail, **{field: "<p>\ud800</p>"}))  # an escaped lone surrogate
+        r = client.post(
+            "/v1/campaigns", content=raw, headers={**mail.headers, "Content-Type": "application/json"}
+        )
+        assert_error(r, 400, "invalid_request")

@@ -4,6 +4,8 @@ one outside, whatever the time of the test."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Engine, select, update
 
 from core import campaigns, lifecycle, report, snapshot
@@ -140,3 +142,35 @@ def test_a_campaign_without_window_fixes_no_zone(settings: Settings, engine: Eng
         lifecycle.due(session, campaign_id=cid)
         snapshot.take_snapshot(session, campaign_id=cid)
     assert [z for z, _s in _rows(engine, cid)] == [None, None]
+
+
+async def test_no_retry_goes_out_once_the_window_has_closed(
+    settings: Settings, engine: Engine, monkeypatch: Any
+) -> None:
+    """Regression: the window was checked once per message, so a message waiting out a 429's
+    Retry-After (or the pacer) was still handed to the provider after its window closed."""
+    from channels.base import TransientSendError
+
+    inside, _outside = zones_now()
+    cid = _campaign(engine, [inside])
+    import core.sender as sender_module
+
+    closed = {"now": False}
+    real = sender_module.zones.is_open
+    monkeypatch.setattr(
+        sender_module.zones,
+        "is_open",
+        lambda window, zone, now: not closed["now"] and real(window, zone, now),
+    )
+
+    def rate_limited_then_closed(message: Any, attempt: int) -> None:
+        closed["now"] = True  # the window closes while the provider makes us wait
+        raise TransientSendError("429", code="429", retry_after=0.05)
+
+    channel = FakeChannel(rate_limited_then_closed)
+    result = await send_chunk(
+        settings=settings, engine=engine, campaign_id=cid, start=0, end=1, channel=channel
+    )
+    assert channel.attempts == {next(iter(channel.attempts)): 1}  # one try, none after the close
+    assert result.held == 1 and not result.stopped
+    assert [s for _z, s in _rows(engine, cid)] == ["pending"]

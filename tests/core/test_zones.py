@@ -22,7 +22,10 @@ def test_known_zone_names() -> None:
         ("+33612345678", "Europe/Paris"),  # France: one zone
         ("+4915112345678", "Europe/Berlin"),
         ("+8613800138000", "Asia/Shanghai"),
-        ("+447700900123", "Europe/London"),  # Guernsey, Jersey... keep London's clock: one zone
+        ("+447700900123", "Europe/London"),
+        ("+393331234567", "Europe/Rome"),
+        ("+17875551234", "America/Puerto_Rico"),  # +1, but its own country with one zone
+        ("+18765551234", "America/Jamaica"),
         ("+14155550100", None),  # the United States have several
         ("+61412345678", None),  # Australia too
         ("+79161234567", None),
@@ -41,7 +44,18 @@ def test_the_contact_zone_wins_then_the_phone_then_the_default() -> None:
     assert recipient_zone(None, "+33612345678", "UTC") == "Europe/Paris"
     assert recipient_zone(None, "+14155550100", "America/Chicago") == "America/Chicago"
     assert recipient_zone("Not/AZone", "+14155550100", "UTC") == "UTC"
-    assert country_zone(33) == "Europe/Paris"
+    assert country_zone("FR") == "Europe/Paris"
+    assert country_zone("DE") == "Europe/Berlin"  # Busingen keeps Berlin's clock
+    assert country_zone("US") is None and country_zone("XX") is None
+
+
+def test_a_zone_the_machine_does_not_know_reads_as_utc() -> None:
+    """A message's zone fixed where the time zone data was newer must not fail the campaign."""
+    now = datetime(2026, 12, 4, 9, 30)
+    assert is_open({"start": "09:00", "end": "10:00"}, "America/Nowhere_Yet", now)
+    assert next_open({"start": "11:00", "end": "12:00"}, "America/Nowhere_Yet", now) == datetime(
+        2026, 12, 4, 11, 0, tzinfo=UTC
+    )
 
 
 def test_window_is_read_in_local_time() -> None:
