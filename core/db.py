@@ -20,6 +20,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 T = TypeVar("T")
 _engines: dict[str, Engine] = {}
+SQLITE_POOL = 40
 _lock = threading.Lock()
 
 
@@ -44,14 +45,16 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and ":memory:" not in url:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        # A pool: opening a SQLite connection (and its PRAGMAs) per request costs more than
-        # most queries here.
+        # A pool as big as the API's thread pool (anyio's 40 threads): opening a SQLite
+        # connection (and its PRAGMAs) per request costs more than most queries here, and a
+        # connection above pool_size is closed again when returned (with 32 provider callbacks
+        # in flight, a third of the API's CPU went to opening and closing connections).
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
             poolclass=QueuePool,
-            pool_size=8,
-            max_overflow=32,
+            pool_size=SQLITE_POOL,
+            max_overflow=16,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         if read_only:

@@ -89,6 +89,29 @@ def apply_updates(session: Session, updates: Sequence[StatusUpdate], *, keep_unm
     return changed
 
 
+def changing(session: Session, updates: Sequence[StatusUpdate]) -> list[StatusUpdate]:
+    """The updates that could change something (read only): those for a provider id no message
+    carries yet (kept for replay) and those above the message's status. A provider's echo of
+    what we know (Twilio's `sent` callback after its 201) then costs no write transaction."""
+    if not updates:
+        return []
+    ids = list({u.provider_message_id for u in updates})
+    current: dict[str, int] = {}
+    for pid, status in session.execute(
+        select(col(Message.provider_message_id), col(Message.status)).where(
+            col(Message.provider_message_id).in_(ids)
+        )
+    ).all():
+        rank = MESSAGE_STATUS_RANK[MessageStatus(status)]
+        current[pid] = min(rank, current.get(pid, rank))
+    return [
+        u
+        for u in updates
+        if u.provider_message_id not in current
+        or MESSAGE_STATUS_RANK[MessageStatus(u.status)] > current[u.provider_message_id]
+    ]
+
+
 def replay_events(
     session: Session, *, provider_ids: Sequence[str] | None = None, campaign_id: str | None = None
 ) -> int:

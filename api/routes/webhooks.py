@@ -47,6 +47,15 @@ def _json(raw: bytes) -> Any:
         raise InvalidRequest("malformed JSON: nested too deeply") from None
 
 
+async def _apply(request: Request, updates: list[StatusUpdate]) -> int:
+    """Apply status updates; those that change nothing (a provider echoing what we know) are
+    sorted out on a read-only connection first, so they never queue for the writer."""
+    todo = await in_db(request, lambda s: tracking.changing(s, updates), write=False)
+    if not todo:
+        return 0
+    return await in_db(request, lambda s: tracking.apply_updates(s, todo, keep_unmatched=True))
+
+
 @router.post("/twilio/status")
 async def twilio_status(request: Request) -> Response:
     """Twilio status callback → message status (never backwards; redeliveries change nothing)."""
@@ -64,7 +73,7 @@ async def twilio_status(request: Request) -> Response:
             if status in ("undelivered", "failed")
             else None,
         )
-        await in_db(request, lambda s: tracking.apply_updates(s, [update], keep_unmatched=True))
+        await _apply(request, [update])
     return Response(status_code=204)
 
 
@@ -100,7 +109,7 @@ async def whatsapp_events(request: Request) -> Response:
     updates = whatsapp_cloud.updates_from_webhook(payload if isinstance(payload, dict) else {})
     changed = 0
     if updates:
-        changed = await in_db(request, lambda s: tracking.apply_updates(s, updates, keep_unmatched=True))
+        changed = await _apply(request, updates)
     return JSONResponse({"received": len(updates), "applied": changed})
 
 
