@@ -8,6 +8,7 @@ end-to-end time, and the peak RSS (VmHWM) of the flow-run process.
     python bench/campaign_10k.py [--recipients 10000] [--latency-ms 0] [--chunk-size 1000]
     python bench/campaign_10k.py --provider twilio --latency-ms 20   # against the Twilio fake
     python bench/campaign_10k.py --provider twilio --latency-ms 20 --callbacks  # + status callbacks
+    python bench/campaign_10k.py --quiet-half   # send window open for half the recipients only
 
 With --provider twilio the fake Twilio server (tests/providers/fake_server.py) runs in its own
 process on loopback, adding --latency-ms to every request; pacing is lifted
@@ -168,6 +169,62 @@ def provider_lookups(url: str, provider: str) -> float:
     return total
 
 
+def split_zones(settings: Settings, account_id: str) -> dict[str, str]:
+    """Every other contact in a zone inside 09:00-17:00 now, the others in one outside it."""
+    from sqlalchemy import select, update
+    from sqlmodel import col
+
+    from core.db import session_scope
+    from models import Contact
+    from tests.core.test_send_window import WINDOW, zones_now
+
+    inside, outside = zones_now()
+    with session_scope(make_engine(settings.resolved_database_url())) as session:
+        ids = list(
+            session.execute(
+                select(col(Contact.id)).where(col(Contact.account_id) == account_id).order_by(col(Contact.id))
+            ).scalars()
+        )
+        for zone, part in ((inside, ids[0::2]), (outside, ids[1::2])):
+            for start in range(0, len(part), 5000):
+                session.execute(
+                    update(Contact)
+                    .where(col(Contact.id).in_(part[start : start + 5000]))
+                    .values(timezone=zone)
+                )
+    print(
+        f"zones:                    {len(ids[0::2])} in {inside} (inside 09:00-17:00), "
+        f"{len(ids[1::2])} in {outside}"
+    )
+    return dict(WINDOW)
+
+
+def total_held(campaign: dict[str, object]) -> int:
+    """The recipients outside their window: every other one."""
+    return int(campaign["total_recipients"]) // 2  # type: ignore[call-overload]
+
+
+def report_quiet_half(
+    api: httpx.Client, settings: Settings, cid: str, c: dict[str, object], t_processing: float, now: float
+) -> int:
+    """Print the in-window figures of a --quiet-half run, then cancel the campaign."""
+    sending = sending_window(settings, cid)
+    sent = int(c["total_recipients"]) - int(c["pending_count"])  # type: ignore[call-overload]
+    print(f"recipients:               {c['total_recipients']} ({c['pending_count']} held by their window)")
+    print(
+        f"in-window dispatch:       {sent} in {now - t_processing:.1f} s "
+        f"= {sent / (now - t_processing):,.0f} messages/s"
+    )
+    if sending:
+        span = max(sending[1] - sending[0], 1e-9)
+        print(f"in-window sending (first → last handed over): {span:.1f} s = {sent / span:,.0f} messages/s")
+    time.sleep(3)
+    held = api.get(f"/v1/campaigns/{cid}").json()
+    print(f"after 3 s:                status {held['status']}, {held['pending_count']} still pending")
+    api.post(f"/v1/campaigns/{cid}/cancel").raise_for_status()
+    return 0 if held["status"] == "processing" and held["pending_count"] == total_held(held) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipients", type=int, default=10_000)
@@ -185,6 +242,12 @@ def main() -> int:
     parser.add_argument("--chunk-concurrency", type=int, default=2, help="CAMPAIGNS_CHUNK_CONCURRENCY")
     parser.add_argument(
         "--callbacks", action="store_true", help="CAMPAIGNS_PUBLIC_URL = serve's URL (status callbacks)"
+    )
+    parser.add_argument(
+        "--quiet-half",
+        action="store_true",
+        help="a 09:00-17:00 send window, half the recipients in a zone inside it now, half outside: "
+        "prints the in-window sending rate, then cancels the campaign",
     )
     parser.add_argument("--database-url", default=None, help="CAMPAIGNS_DATABASE_URL (default: SQLite)")
     parser.add_argument(
@@ -234,6 +297,7 @@ def main() -> int:
     migrate(settings)
     tenant = bulk_tenant(make_engine(settings.resolved_database_url()), args.recipients, sender="BENCH")
     api_key, list_id = tenant.api_key, tenant.list_id
+    window = split_zones(settings, tenant.account_id) if args.quiet_half else None
     url = f"http://127.0.0.1:{port}"
     serve = None
     try:
@@ -253,11 +317,13 @@ def main() -> int:
                     "contact_list_id": list_id,
                     "sender_id": "BENCH",
                     "body": "Hello {{first_name}}!",
+                    **({"send_window": window} if window else {}),
                 },
             )
             r.raise_for_status()
             cid = latency.campaign_id = r.json()["id"]
             t_processing = t_dispatched = None
+            total = r.json()["total_recipients"]
             while True:
                 c = api.get(f"/v1/campaigns/{cid}").json()
                 now = time.monotonic()
@@ -268,6 +334,8 @@ def main() -> int:
                 if c["status"] in ("completed", "failed", "cancelled"):
                     t_done = now
                     break
+                if window and c["status"] == "processing" and c["pending_count"] <= total_held(c):
+                    return report_quiet_half(api, settings, cid, c, t_processing or now, now)
                 time.sleep(0.5 if args.no_get_latency else 0.1)
         assert t_processing is not None and t_dispatched is not None
         total = c["total_recipients"]

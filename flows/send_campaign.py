@@ -215,7 +215,7 @@ async def _dispatch(settings: Settings, campaign_id: str) -> str:
     stalled, round_key = 0, ""
     try:
         while True:
-            before = await _db(ledger.unsent_in_range, campaign_id, 0, campaign.total_recipients + 1)
+            before = await _unsent(campaign_id, campaign.total_recipients) if window else 0
             slot: Any = contextlib.nullcontext()
             if settings.global_limits and real_provider:
                 name = slots.slot_name(campaign.channel, campaign.sender_value)
@@ -235,7 +235,7 @@ async def _dispatch(settings: Settings, campaign_id: str) -> str:
             if not window or await _db(lifecycle.status_of, campaign_id) != S.processing:
                 break
             if chunks:  # recipients inside their window are still unsent after the passes
-                after = await _db(ledger.unsent_in_range, campaign_id, 0, campaign.total_recipients + 1)
+                after = await _unsent(campaign_id, campaign.total_recipients)
                 stalled = stalled + 1 if after >= before else 0
                 if stalled >= DISPATCH_PASSES:
                     break  # no progress: failed below, as without a window
@@ -256,6 +256,10 @@ async def _dispatch(settings: Settings, campaign_id: str) -> str:
     else:
         await _db(lifecycle.dispatched, campaign_id=campaign_id)
     return str(await _db(lifecycle.status_of, campaign_id))
+
+
+async def _unsent(campaign_id: str, total: int) -> int:
+    return int(await _db(ledger.unsent_in_range, campaign_id, 0, total + 1))
 
 
 async def _open_ranges(campaign_id: str, chunk_size: int, window: dict[str, str] | None) -> list[Any]:

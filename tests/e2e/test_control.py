@@ -31,6 +31,17 @@ CONCURRENCY = 4
 FINAL = ("completed", "failed", "cancelled")
 
 
+
+def _prefect_post(url: str, body: dict[str, Any]) -> httpx.Response:
+    """POST to the Prefect API as its UI and client do: a 503 is Prefect's "retry" (its SQLite
+    was busy; seen once in CI on /resume), so try again a few times."""
+    for _ in range(10):
+        r = httpx.post(url, json=body, timeout=10)
+        if r.status_code != 503:
+            return r
+        time.sleep(1)
+    return r
+
 @dataclass
 class Served:
     api: str
@@ -173,7 +184,7 @@ def test_resume_from_prefect_continues_the_campaign(served: Served) -> None:
     assert client.post(f"/v1/campaigns/{c['id']}/pause").json()["status"] == "paused"
     run_id = _get(client, c["id"])["flow_run_id"]
     _suspended(served, run_id)
-    r = httpx.post(f"{served.prefect}/flow_runs/{run_id}/resume", json={}, timeout=10)
+    r = _prefect_post(f"{served.prefect}/flow_runs/{run_id}/resume", {})
     assert r.status_code in (200, 201) and r.json()["status"] == "ACCEPT", r.text
     wait_for(lambda: _get(client, c["id"]), lambda x: x["status"] != "paused", 60, "the campaign's resume")
     done = _final(client, c["id"])
@@ -196,7 +207,7 @@ def test_suspend_in_the_prefect_ui_pauses_the_campaign(served: Served) -> None:
             "pause_reschedule": True,
         },
     }
-    r = httpx.post(f"{served.prefect}/flow_runs/{run_id}/set_state", json={"state": suspended}, timeout=10)
+    r = _prefect_post(f"{served.prefect}/flow_runs/{run_id}/set_state", {"state": suspended})
     assert r.json()["status"] == "ACCEPT", r.text
     wait_for(lambda: _get(client, c["id"]), lambda x: x["status"] == "paused", 30, "the campaign's pause")
     time.sleep(3)
