@@ -209,7 +209,7 @@ def report_quiet_half(
 ) -> int:
     """Print the in-window figures of a --quiet-half run, then cancel the campaign."""
     sending = sending_window(settings, cid)
-    sent = int(c["total_recipients"]) - int(c["pending_count"])  # type: ignore[call-overload]
+    sent = int(c["sent_count"]) + int(c["delivered_count"]) + int(c["failed_count"])  # type: ignore[call-overload]
     print(f"recipients:               {c['total_recipients']} ({c['pending_count']} held by their window)")
     print(
         f"in-window dispatch:       {sent} in {now - t_processing:.1f} s "
@@ -334,7 +334,8 @@ def main() -> int:
                 if c["status"] in ("completed", "failed", "cancelled"):
                     t_done = now
                     break
-                if window and c["status"] == "processing" and c["pending_count"] <= total_held(c):
+                done = c["sent_count"] + c["delivered_count"] + c["failed_count"]
+                if window and c["status"] == "processing" and done >= total - total_held(c):
                     return report_quiet_half(api, settings, cid, c, t_processing or now, now)
                 time.sleep(0.5 if args.no_get_latency else 0.1)
         assert t_processing is not None and t_dispatched is not None
