@@ -48,8 +48,11 @@ class SendGridSettings(BaseModel):
     base_url: str = "https://api.sendgrid.com"
     # Settings → Mail Settings → Signed Event Webhook: the verification key as SendGrid shows it.
     webhook_public_key: str = ""
-    # Signed events older (or newer) than this are refused as replays.
-    webhook_max_skew_s: float = Field(default=600.0, gt=0)
+    # Signed batches older (or newer) than this many seconds are refused as replays. Off by
+    # default: events only ever move a message forward and opt-outs are idempotent, so a
+    # replayed genuine batch changes nothing, while SendGrid retries a failed POST for 24 hours
+    # (with, as far as its documentation says, the original signature and timestamp).
+    webhook_max_skew_s: float | None = Field(default=None, gt=0)
 
 
 # The custom args each message carries; SendGrid copies them into every event as top-level fields.

@@ -250,7 +250,29 @@ def test_unsigned_badly_signed_or_unconfigured_is_403(
     assert _message(engine, ok.id).status == "sent"
 
 
-def test_a_stale_or_future_timestamp_is_403(hooks: TestClient, engine: Engine, tenant: Tenant) -> None:
+def test_an_old_genuine_batch_is_accepted_by_default(
+    hooks: TestClient, engine: Engine, tenant: Tenant
+) -> None:
+    """SendGrid retries failed POSTs for a day; a replayed genuine batch changes nothing."""
+    ok, *_ = _campaign(engine, tenant)
+    assert post(hooks, [event(ok, "delivered")], timestamp=int(time.time()) - 86_000).status_code == 200
+    assert _message(engine, ok.id).status == "delivered"
+    assert post(hooks, [event(ok, "delivered")], timestamp=1600112502).status_code == 200
+
+
+def test_a_stale_or_future_timestamp_is_403_when_a_window_is_set(
+    settings: Settings, engine: Engine, tenant: Tenant
+) -> None:
+    from tests.providers.fake_server import SENDGRID_PUBLIC_KEY
+
+    strict = settings.model_copy(
+        update={
+            "sendgrid": settings.sendgrid.model_copy(
+                update={"webhook_public_key": SENDGRID_PUBLIC_KEY, "webhook_max_skew_s": 600.0}
+            )
+        }
+    )
+    hooks = TestClient(create_app(strict, launcher=RecordingLauncher(), engine=engine))
     ok, *_ = _campaign(engine, tenant)
     for skew in (-601, 601):
         error = assert_error(
