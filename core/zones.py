@@ -18,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import phonenumbers
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 from phonenumbers.tzdata import TIMEZONE_DATA
 
 HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]|24:00")
@@ -83,17 +84,41 @@ def country_zone(country: str) -> str | None:
     return names[0]
 
 
+# NANP numbers (+1) belong to a country by their area code: "+1787…" is Puerto Rico.
+NANP_KEY = 5
+_nanp_zones: dict[str, str | None] = {}
+
+
 def phone_zone(phone: str | None) -> str | None:
-    """The zone of the number's country, if that country has one (phonenumbers tells the
-    country: +1 787 is Puerto Rico, +1 415 the United States)."""
-    if not phone:
+    """The zone of the number's country, if that country has one. Runs per recipient at the
+    snapshot of a windowed campaign, so a calling code of one country (most of them) is read
+    straight off the number; shared codes are parsed with phonenumbers (+1 787 is Puerto
+    Rico, +1 415 the United States), +1 remembered by area code."""
+    if not phone or not phone.startswith("+"):
         return None
+    prefixes = (phone[1:n] for n in (2, 3, 4))  # calling codes are prefix-free: 1-3 digits
+    code = next((int(p) for p in prefixes if p.isdigit() and int(p) in COUNTRY_CODE_TO_REGION_CODE), None)
+    if code is None:
+        return None
+    regions = COUNTRY_CODE_TO_REGION_CODE[code]
+    if len(regions) == 1:
+        return _region_zone(regions[0], code)
+    key = phone[:NANP_KEY] if code == 1 else ""
+    if key in _nanp_zones:
+        return _nanp_zones[key]
     try:
         number = phonenumbers.parse(phone, None)
     except phonenumbers.NumberParseException:
         return None
-    code = number.country_code or 0
-    region = phonenumbers.region_code_for_number(number) or phonenumbers.region_code_for_country_code(code)
+    region = phonenumbers.region_code_for_number(number)
+    found = _region_zone(region or phonenumbers.region_code_for_country_code(code), code)
+    if key and region and len(_nanp_zones) < 10_000:  # a valid number: its area code's country
+        _nanp_zones[key] = found
+    return found
+
+
+@lru_cache(maxsize=4096)
+def _region_zone(region: str, code: int) -> str | None:
     found = country_zone(region) if region and region != "001" else None
     # The tz database splits a few countries whose people keep one official clock (China's
     # Asia/Urumqi): phonenumbers' zones of the calling code decide there.
